@@ -1,0 +1,68 @@
+"""Keys, teams, provider keys and the tier table in the admin (the control plane)."""
+from django import forms
+from django.contrib import admin, messages
+
+from . import keystore, routing
+from .auth import forget_keys
+from .models import ProviderKey, Team, TierEntry, VirtualKey
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    list_display = ("name", "source", "budget_cap_usd", "spent_usd", "tpm_limit", "last_synced")
+    search_fields = ("name",)
+    filter_horizontal = ("members",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        forget_keys()
+
+
+@admin.register(VirtualKey)
+class VirtualKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "team", "is_admin", "created", "revoked_at")
+    list_filter = ("team", "is_admin")
+    readonly_fields = ("prefix", "key_hash", "created")
+    fields = ("name", "team", "is_admin", "revoked_at", "prefix", "key_hash", "created")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            key, raw = VirtualKey.issue(obj.team, obj.name, obj.is_admin)
+            obj.pk = key.pk
+            messages.warning(request, f"New key (shown once, copy it now): {raw}")
+            return
+        super().save_model(request, obj, form, change)
+        forget_keys()
+
+
+class ProviderKeyForm(forms.ModelForm):
+    api_key = forms.CharField(widget=forms.PasswordInput(render_value=False),
+                              help_text="Stored encrypted; never shown again.")
+
+    class Meta:
+        model = ProviderKey
+        fields = ("provider",)
+
+    def save(self, commit=True):
+        self.instance.set_key(self.cleaned_data["api_key"])
+        return super().save(commit)
+
+
+@admin.register(ProviderKey)
+class ProviderKeyAdmin(admin.ModelAdmin):
+    form = ProviderKeyForm
+    list_display = ("provider", "last4", "updated")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        keystore.provider_keys.invalidate()
+
+
+@admin.register(TierEntry)
+class TierEntryAdmin(admin.ModelAdmin):
+    list_display = ("model", "provider", "tier", "is_default", "input_usd_per_mtok", "output_usd_per_mtok")
+    list_filter = ("provider", "tier")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        routing.table.invalidate()

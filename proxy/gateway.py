@@ -1,0 +1,169 @@
+"""The proxy's pipeline: route, translate, call the provider, translate back, trace."""
+import asyncio
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from traces.trace import Trace
+
+from . import routing, upstream
+from .auth import Principal
+from .errors import openai_stream_error
+from .keystore import provider_keys
+from .providers import PROVIDERS
+from .providers.base import ClientError, Provider, StreamState, UpstreamError, UpstreamRequest
+from .sse import DONE, data_line
+
+
+@dataclass
+class Call:
+    chat: dict
+    route: routing.Route
+    provider: Provider
+    request: UpstreamRequest
+    tiers: routing.TierTable
+
+    @property
+    def is_stream(self) -> bool:
+        return bool(self.chat.get("stream"))
+
+
+async def prepare(chat: dict, headers: dict[str, str], principal: Principal, trace: Trace) -> Call:
+    """Routing and request translation (stages 'routing' and 'translation')."""
+    tiers = await routing.table.get()
+    route = routing.route(chat["model"], headers.get("x-smartflow-provider"), tiers)
+    trace.set(client_model=chat["model"], provider=route.provider,
+              upstream_model=route.upstream_model, routing=route.as_record())
+    requested = chat["model"].partition("/")[2] or chat["model"]
+    if not principal.may_use(requested, route.upstream_model):
+        raise ClientError(f"Model '{chat['model']}' is not allowed for team '{principal.team}'. "
+                          f"Allowed: {', '.join(principal.allowed_models)}.",
+                          status=403, param="model", code="model_not_allowed")
+    trace.stage("routing")
+    keys = await provider_keys.get()
+    key = keys.get(route.provider)
+    if not key and route.provider != "ollama":
+        raise UpstreamError("auth", f"No API key is configured for {route.provider}. The operator must set "
+                            f"{route.provider.upper()}_API_KEY or add the key in the admin.")
+    provider = PROVIDERS[route.provider]
+    request = provider.build_request(chat, route.upstream_model,
+                                     settings.SMARTFLOW_BASE_URLS[route.provider], key)
+    if request.dropped:
+        trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=request.dropped)
+    trace.stage("translation")
+    return Call(chat, route, provider, request, tiers)
+
+
+def response_headers(call: Call | None, trace: Trace) -> dict[str, str]:
+    headers = {"x-smartflow-request-id": trace.id, "x-smartflow-cache": "BYPASS",
+               "x-smartflow-overhead-ms": f"{trace.overhead_ms():.3f}"}
+    if call is not None:
+        headers["x-smartflow-provider"] = call.route.provider
+        headers["x-smartflow-model"] = call.route.upstream_model
+    return headers
+
+
+def _account(call: Call, trace: Trace, usage: dict | None):
+    tokens_in = (usage or {}).get("prompt_tokens") or 0
+    tokens_out = (usage or {}).get("completion_tokens") or 0
+    trace.set(tokens_input=tokens_in, tokens_output=tokens_out,
+              cost_usd=routing.cost_usd(call.tiers, call.route.upstream_model, tokens_in, tokens_out))
+
+
+async def complete(call: Call, trace: Trace) -> dict:
+    reply = await upstream.send(call.provider, call.request)
+    trace.stages.append({"name": "upstream_ttfb", "ms": round(reply.ttfb_s * 1000, 3)})
+    trace.stage("upstream_total", upstream=True)
+    response = call.provider.parse_response(reply.body)
+    response = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion", "created": int(time.time()),
+                "model": call.route.client_model, **response}
+    response["model"] = call.route.client_model
+    _account(call, trace, response.get("usage"))
+    trace.set(status_code=200, response=response)
+    trace.stage("response_translation")
+    return response
+
+
+class StreamRelay:
+    """Translates an upstream stream to OpenAI chunks, forwarding each as it arrives."""
+
+    def __init__(self, call: Call, trace: Trace, send):
+        self.call, self.trace, self.send = call, trace, send
+        self.state = StreamState()
+        self.base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": call.route.client_model}
+        self.text: list[str] = []
+        self.tool_calls: dict[int, dict] = {}
+        self.translate_s = 0.0
+
+    async def run(self, start_response):
+        options = self.call.chat.get("stream_options") or {}
+        async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
+            self.trace.stages.append({"name": "upstream_ttfb", "ms": round(ttfb * 1000, 3)})
+            self.trace.upstream_s += ttfb
+            await start_response()
+            waited = time.perf_counter()
+            try:
+                async for event in events:
+                    now = time.perf_counter()
+                    self.trace.upstream_s += now - waited
+                    await self._emit(self.call.provider.parse_stream_event(event, self.state))
+                    waited = time.perf_counter()
+                    self.translate_s += waited - now
+                await self._emit(self.call.provider.finish_stream(self.state))
+            except (UpstreamError, ClientError) as err:
+                self.fail(err)
+                await self._write(openai_stream_error(err), more=False)
+                return
+        if options.get("include_usage") and self.state.usage:
+            await self._write(data_line({**self.base, "choices": [], "usage": self.state.usage}))
+        await self._write(DONE, more=False)
+        self.finish(200)
+
+    async def _emit(self, chunks: list[dict]):
+        for chunk in chunks:
+            self._collect(chunk)
+            await self._write(data_line({**self.base, **chunk}))
+
+    async def _write(self, body: bytes, more: bool = True):
+        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+
+    def _collect(self, chunk: dict):
+        for choice in chunk.get("choices", ()):
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                self.text.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                slot = self.tool_calls.setdefault(call["index"], {"id": None, "type": "function",
+                                                                  "function": {"name": "", "arguments": ""}})
+                slot["id"] = call.get("id") or slot["id"]
+                fn = call.get("function") or {}
+                slot["function"]["name"] += fn.get("name") or ""
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+
+    def message(self) -> dict:
+        message = {"role": "assistant", "content": "".join(self.text) or None}
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return {"choices": [{"index": 0, "message": message, "finish_reason": self.state.finish_reason}],
+                "usage": self.state.usage}
+
+    def finish(self, status: int, error: str = ""):
+        self.trace.stages.append({"name": "upstream_total", "ms": round(self.trace.upstream_s * 1000, 3)})
+        self.trace.stages.append({"name": "response_translation", "ms": round(self.translate_s * 1000, 3)})
+        _account(self.call, self.trace, self.state.usage)
+        self.trace.set(status_code=status, response=self.message(), error=error)
+
+    def fail(self, err: Exception):
+        self.finish(502 if not isinstance(err, ClientError) else err.status, str(err))
+
+
+async def watch_disconnect(receive, on_disconnect):
+    """Waits for the client to go away (the body is already read) and reports it."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+        await asyncio.sleep(0)

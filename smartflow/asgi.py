@@ -1,0 +1,59 @@
+"""The one ASGI application behind both ports.
+
+On the proxy port, the chat endpoints are served by a lean handler (no Django
+request cycle on the hot path); everything else goes through Django with the
+URLconf of the port it arrived on. WebSockets (management port) go to channels.
+"""
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "smartflow.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_app = get_asgi_application()
+
+from channels.routing import URLRouter  # noqa: E402
+
+from proxy import upstream  # noqa: E402
+from proxy.views import PROXY_ROUTES  # noqa: E402
+from smartflow.ports import role_for  # noqa: E402
+from traces.recorder import recorder  # noqa: E402
+
+try:
+    from smartflow.websockets import websocket_urlpatterns
+except ImportError:  # no live channels yet
+    websocket_urlpatterns = []
+
+websocket_app = URLRouter(websocket_urlpatterns) if websocket_urlpatterns else None
+
+
+async def application(scope, receive, send):
+    kind = scope["type"]
+    if kind == "http":
+        if role_for(scope) == "proxy":
+            handler = PROXY_ROUTES.get((scope["method"], scope["path"]))
+            if handler is not None:
+                return await handler(scope, receive, send)
+        return await django_app(scope, receive, send)
+    if kind == "websocket":
+        if role_for(scope) == "management" and websocket_app is not None:
+            return await websocket_app(scope, receive, send)
+        await send({"type": "websocket.close", "code": 4404})
+        return
+    if kind == "lifespan":
+        await lifespan(receive, send)
+
+
+async def lifespan(receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            recorder.start()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            # A graceful stop writes every trace still in memory.
+            await recorder.stop()
+            await upstream.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+

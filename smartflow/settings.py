@@ -1,0 +1,208 @@
+"""Smartflow settings: everything from the environment, with embedded defaults.
+
+A fresh checkout runs on SQLite (WAL) and the in-process cache; DATABASE_URL
+and REDIS_URL switch to PostgreSQL and Redis.
+"""
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SMARTFLOW_DATA_DIR", BASE_DIR / "data"))
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_secret(name: str, filename: str) -> str:
+    """A secret from the environment, else from the data folder, else made and stored there."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = DATA_DIR / filename
+    if path.exists():
+        return path.read_text().strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    path.write_text(value)
+    path.chmod(0o600)
+    return value
+
+
+def read_master_key() -> str:
+    value = os.environ.get("SMARTFLOW_MASTER_KEY", "")
+    if value:
+        return value
+    path = DATA_DIR / "master_key"
+    return path.read_text().strip() if path.exists() else ""
+
+
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "secret_key")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+# --- Smartflow -------------------------------------------------------------
+SMARTFLOW_PROXY_PORT = env_int("SMARTFLOW_PROXY_PORT", 7777)
+SMARTFLOW_MANAGEMENT_PORT = env_int("SMARTFLOW_MANAGEMENT_PORT", 7778)
+SMARTFLOW_MASTER_KEY = read_master_key()
+SMARTFLOW_BASE_URLS = {
+    "openai": env_str("SMARTFLOW_OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": env_str("SMARTFLOW_ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+    "gemini": env_str("SMARTFLOW_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+    "ollama": env_str("SMARTFLOW_OLLAMA_BASE_URL", "http://localhost:11434"),
+}
+SMARTFLOW_PROVIDER_KEYS = {
+    "openai": env_str("OPENAI_API_KEY"),
+    "anthropic": env_str("ANTHROPIC_API_KEY"),
+    "gemini": env_str("GEMINI_API_KEY"),
+    "ollama": env_str("OLLAMA_API_KEY"),
+}
+SMARTFLOW_UPSTREAM_TIMEOUT = env_float("SMARTFLOW_UPSTREAM_TIMEOUT", 600.0)
+SMARTFLOW_UPSTREAM_CONNECT_TIMEOUT = env_float("SMARTFLOW_UPSTREAM_CONNECT_TIMEOUT", 10.0)
+SMARTFLOW_UPSTREAM_MAX_CONNECTIONS = env_int("SMARTFLOW_UPSTREAM_MAX_CONNECTIONS", 1000)
+SMARTFLOW_MAX_BODY_BYTES = env_int("SMARTFLOW_MAX_BODY_BYTES", 10 * 1024 * 1024)
+# How long keys, teams, provider keys and the tier table are cached in memory.
+SMARTFLOW_CONFIG_TTL = env_float("SMARTFLOW_CONFIG_TTL", 5.0)
+SMARTFLOW_TRACE_BATCH_SIZE = env_int("SMARTFLOW_TRACE_BATCH_SIZE", 500)
+SMARTFLOW_TRACE_FLUSH_SECONDS = env_float("SMARTFLOW_TRACE_FLUSH_SECONDS", 0.5)
+SMARTFLOW_TRACE_RETENTION_DAYS = env_int("SMARTFLOW_TRACE_RETENTION_DAYS", 30)
+SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS = env_int("SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS", 4096)
+# Key for encrypting provider keys at rest (Fernet); derived from SECRET_KEY if unset.
+SMARTFLOW_ENCRYPTION_KEY = env_str("SMARTFLOW_ENCRYPTION_KEY")
+SMARTFLOW_JWT_TTL_SECONDS = env_int("SMARTFLOW_JWT_TTL_SECONDS", 3600)
+
+REDIS_URL = env_str("REDIS_URL")
+
+# --- Django ----------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "django_prometheus",
+    "mozilla_django_oidc",
+    "proxy",
+    "traces",
+    "sso",
+    "metrics",
+]
+
+MIDDLEWARE = [
+    "smartflow.ports.PortUrlconfMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "smartflow.urls_management"
+ASGI_APPLICATION = "smartflow.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if env_str("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=60)}
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "smartflow.sqlite3",
+            # WAL lets the dashboard read while the trace writer writes.
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+            },
+        }
+    }
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            "KEY_PREFIX": env_str("SMARTFLOW_CACHE_PREFIX", "smartflow"),
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                          "LOCATION": "smartflow"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Without a broker every task runs in the calling process.
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_IGNORE_RESULT = True
+
+AUTH_PASSWORD_VALIDATORS = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["proxy.auth.ManagementAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("SMARTFLOW_LOG_LEVEL", "INFO")},
+    # httpx logs every request at INFO: too costly, and noise, on the hot path.
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}

@@ -14,7 +14,9 @@ async def iter_events(chunks: AsyncIterator[bytes], framing: str) -> AsyncIterat
     buffer = b""
     separator = b"\n" if framing == "ndjson" else b"\n\n"
     async for chunk in chunks:
-        buffer += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
+        buffer += chunk
+        if b"\r" in buffer:  # CRLF framing; a pair may straddle two chunks
+            buffer = buffer.replace(b"\r\n", b"\n")
         while True:
             end = buffer.find(separator)
             if end < 0:

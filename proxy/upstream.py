@@ -9,6 +9,7 @@ import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 import orjson
 from django.conf import settings
@@ -54,7 +55,10 @@ def _decode(raw: bytes):
 
 
 def _failure(provider: Provider, exc: Exception) -> UpstreamError:
-    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
+    # httpx-aiohttp reports a refused connection as ConnectTimeout; the cause tells.
+    refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
+        exc.__cause__, aiohttp.ServerTimeoutError)
+    if not refused and isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return UpstreamError("timeout", f"{provider.name}: no answer within the timeout "
                              f"({settings.SMARTFLOW_UPSTREAM_TIMEOUT:g} s).")
     return UpstreamError("unavailable", f"{provider.name}: could not reach the provider "

@@ -155,6 +155,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
             },
+            # A file, not :memory:, so the live gateway's threads share the test database.
+            "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
         }
     }
 

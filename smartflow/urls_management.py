@@ -1,10 +1,10 @@
 """URLs of the management port: admin, management API, dashboard, metrics."""
 from django.contrib import admin
-from django.urls import path
-
-from traces import views as trace_views
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/vas/logs/<str:log_id>", trace_views.log_detail),
+    path("", include("traces.urls")),
+    path("", include("sso.urls")),
+    path("", include("metrics.urls")),
 ]

@@ -1,0 +1,2 @@
+"""WebSocket routes (management port)."""
+websocket_urlpatterns = []

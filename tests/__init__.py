@@ -1,0 +1,1 @@
+"""Cross-app test support: the fake upstream providers and their tests."""

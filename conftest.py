@@ -114,7 +114,10 @@ def live_gateway(django_db_setup, django_db_blocker, fake_upstream_server):
     gateway = LiveGateway(proxy_port, management_port)
     gateway.start()
     yield gateway
-    gateway.stop()
+    gateway.stop()  # its lifespan shutdown writes the traces still in memory
+    from traces.recorder import recorder
+
+    recorder.pending.clear()  # anything recorded after that would outlive the test database
     django_db_blocker.restore()
 
 

@@ -48,13 +48,17 @@ def _master(raw: str) -> Principal | None:
 
 
 def _load(digest: str) -> Principal | None:
-    close_old_connections()
     key = (VirtualKey.objects.select_related("team")
            .filter(key_hash=digest, revoked_at__isnull=True).first())
     if key is None:
         return None
     return Principal(key_prefix=key.prefix, team=key.team.name, team_id=key.team_id,
                      allowed_models=tuple(key.team.allowed_models or ()), is_admin=key.is_admin)
+
+
+def _load_in_worker(digest: str) -> Principal | None:
+    close_old_connections()  # worker threads outlive requests; drop a stale connection first
+    return _load(digest)
 
 
 async def authenticate(headers: dict[str, str]) -> Principal:
@@ -75,7 +79,7 @@ async def authenticate(headers: dict[str, str]) -> Principal:
     if hit is None or hit[0] <= now:
         if len(_cache) > 100_000:
             _cache.clear()
-        hit = (now + settings.SMARTFLOW_CONFIG_TTL, await sync_to_async(_load, thread_sensitive=False)(digest))
+        hit = (now + settings.SMARTFLOW_CONFIG_TTL, await sync_to_async(_load_in_worker, thread_sensitive=False)(digest))
         _cache[digest] = hit
     if hit[1] is None:
         raise ClientError("Invalid or revoked API key. Ask your Smartflow admin for a key.",

@@ -1,15 +1,19 @@
 """Shared fixtures: the fake provider server, the live gateway, keys and teams."""
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 
 import httpx
 import pytest
 
-# Set before Django loads settings: tests never touch the developer's data folder.
-os.environ.setdefault("SMARTFLOW_DATA_DIR", os.path.join(os.path.dirname(__file__), "data", "test"))
+# Set before Django loads settings: tests never touch the developer's data folder, and
+# concurrent test runs (several checkouts, CI) never share a database or cache keys.
+os.environ.setdefault("SMARTFLOW_DATA_DIR", tempfile.mkdtemp(prefix="smartflow-test-"))
+os.environ.setdefault("SMARTFLOW_CACHE_PREFIX", f"smartflow-test-{os.getpid()}")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 
 from tests.fake_upstream import FakeUpstream  # noqa: E402
@@ -23,6 +27,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    from django.conf import settings
+
+    for db in settings.DATABASES.values():
+        if "postgresql" in db["ENGINE"]:
+            db.setdefault("TEST", {})["NAME"] = f"test_smartflow_{os.getpid()}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_data_dir():
+    yield
+    shutil.rmtree(os.environ["SMARTFLOW_DATA_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +137,12 @@ def live_gateway(django_db_setup, django_db_blocker, fake_upstream_server):
     from traces.recorder import recorder
 
     recorder.pending.clear()  # anything recorded after that would outlive the test database
+    from django.db import connection
+
+    if connection.vendor == "postgresql":  # the gateway's worker threads still hold connections
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     django_db_blocker.restore()
 
 

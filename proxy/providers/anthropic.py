@@ -155,12 +155,7 @@ def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
 
 
 def _tools(chat: dict, body: dict, dropped: list[str]) -> None:
-    functions = convert.function_tools(chat.get("tools"), "anthropic")
-    choice = chat.get("tool_choice")
-    allowed = convert.allowed_tool_names(choice)
-    if allowed is not None:
-        functions = [f for f in functions if f.get("name") in allowed]
-        choice = "required" if choice["allowed_tools"].get("mode") == "required" else "auto"
+    functions, choice = convert.tools_and_choice(chat, "anthropic")
     if not functions:
         dropped.extend(k for k in ("tool_choice", "parallel_tool_calls") if chat.get(k) is not None)
         return

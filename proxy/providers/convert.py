@@ -92,12 +92,21 @@ def function_tools(tools: list[dict] | None, provider: str) -> list[dict]:
     return out
 
 
-def allowed_tool_names(tool_choice: Any) -> list[str] | None:
-    """Names listed by an `allowed_tools` tool_choice, else None."""
-    if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
-        listed = (tool_choice.get("allowed_tools") or {}).get("tools") or []
-        return [(t.get("function") or {}).get("name") or t.get("name") for t in listed]
-    return None
+def tools_and_choice(chat: dict, provider: str) -> tuple[list[dict], Any]:
+    """(function objects, tool_choice) with an `allowed_tools` choice resolved.
+
+    Upstreams without allowed_tools get the tool list filtered and plain
+    "auto"/"required" instead (PROVIDERS.md §5.1).
+    """
+    functions = function_tools(chat.get("tools"), provider)
+    choice = chat.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") or {}
+        names = {(t.get("function") or {}).get("name") or t.get("name")
+                 for t in allowed.get("tools") or []}
+        functions = [f for f in functions if f.get("name") in names]
+        choice = "required" if allowed.get("mode") == "required" else "auto"
+    return functions, choice
 
 
 def unhandled_params(chat: dict, handled: set[str]) -> list[str]:

@@ -128,12 +128,7 @@ def _contents(messages: list[dict], model: str) -> tuple[list[str], list[dict]]:
 
 
 def _tools(chat: dict, body: dict, dropped: list[str]) -> None:
-    functions = convert.function_tools(chat.get("tools"), "gemini")
-    choice = chat.get("tool_choice")
-    allowed = convert.allowed_tool_names(choice)
-    if allowed is not None:
-        functions = [f for f in functions if f.get("name") in allowed]
-        choice = "required" if choice["allowed_tools"].get("mode") == "required" else "auto"
+    functions, choice = convert.tools_and_choice(chat, "gemini")
     if not functions:
         if choice is not None:
             dropped.append("tool_choice")
@@ -263,7 +258,7 @@ class GeminiProvider(Provider):
 
     def parse_response(self, body: dict) -> dict:
         if "error" in body:
-            raise self.classify_error(body["error"].get("code") or 500, body, {})
+            raise self._in_band_error(body)
         choices = []
         for i, candidate in enumerate(body.get("candidates") or []):
             text, calls = _parts(candidate)
@@ -283,7 +278,7 @@ class GeminiProvider(Provider):
 
     def parse_stream_event(self, event: dict, state: StreamState) -> list[dict]:
         if "error" in event:
-            raise self.classify_error(event["error"].get("code") or 500, event, {})
+            raise self._in_band_error(event)
         out = convert.start_chunks(state)
         if event.get("usageMetadata"):
             state.usage = _usage(event["usageMetadata"])
@@ -308,6 +303,11 @@ class GeminiProvider(Provider):
 
     def finish_stream(self, state: StreamState) -> list[dict]:
         return convert.end_of_body(state, "gemini")
+
+    def _in_band_error(self, body: dict) -> UpstreamError:
+        """An error object in a 200 body or stream; its `code` is the HTTP status it stands for."""
+        code = body["error"].get("code") if isinstance(body["error"], dict) else None
+        return self.classify_error(code if isinstance(code, int) else 500, body, {})
 
     def classify_error(self, status: int, body: Any, headers: dict[str, str]) -> UpstreamError:
         error = body.get("error") if isinstance(body, dict) else None

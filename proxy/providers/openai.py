@@ -190,6 +190,10 @@ class OpenAIProvider(Provider):
                 out.append(convert.chunk({"role": "assistant", "content": ""}))
         for upstream in upstream_choices:
             delta = upstream.get("delta") or {}
+            if delta.get("role"):
+                # Role chunk in the documented shape: content "" (not null), no null refusal.
+                delta = {k: v for k, v in delta.items() if v is not None}
+                delta.setdefault("content", "")
             finish = upstream.get("finish_reason")
             if delta.get("tool_calls"):
                 state.has_tool_calls = True

@@ -1,5 +1,6 @@
 """The proxy's pipeline: route, translate, call the provider, translate back, trace."""
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -9,11 +10,11 @@ from traces.trace import Trace
 
 from . import routing, upstream
 from .auth import Principal
-from .errors import openai_stream_error
 from .keystore import provider_keys
 from .providers import PROVIDERS
 from .providers.base import ClientError, Provider, StreamState, UpstreamError, UpstreamRequest
-from .sse import DONE, data_line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,23 +87,24 @@ async def complete(call: Call, trace: Trace) -> dict:
 
 
 class StreamRelay:
-    """Translates an upstream stream to OpenAI chunks, forwarding each as it arrives."""
+    """Translates an upstream stream into the client's format, forwarding each event as it arrives."""
 
-    def __init__(self, call: Call, trace: Trace, send):
+    def __init__(self, call: Call, trace: Trace, send, client_format):
         self.call, self.trace, self.send = call, trace, send
         self.state = StreamState()
-        self.base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
-                     "created": int(time.time()), "model": call.route.client_model}
+        base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": call.route.client_model}
+        self.writer = client_format.stream(call.chat, base)
         self.text: list[str] = []
         self.tool_calls: dict[int, dict] = {}
         self.translate_s = 0.0
 
     async def run(self, start_response):
-        options = self.call.chat.get("stream_options") or {}
         async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
             self.trace.stages.append({"name": "upstream_ttfb", "ms": round(ttfb * 1000, 3)})
             self.trace.upstream_s += ttfb
             await start_response()
+            await self._write(self.writer.start())
             waited = time.perf_counter()
             try:
                 async for event in events:
@@ -113,21 +115,29 @@ class StreamRelay:
                     self.translate_s += waited - now
                 await self._emit(self.call.provider.finish_stream(self.state))
             except (UpstreamError, ClientError) as err:
-                self.fail(err)
-                await self._write(openai_stream_error(err), more=False)
+                await self._abort(err)
                 return
-        if options.get("include_usage") and self.state.usage:
-            await self._write(data_line({**self.base, "choices": [], "usage": self.state.usage}))
-        await self._write(DONE, more=False)
+            except Exception:  # a translation bug must still end the stream in-band
+                log.exception("stream translation failed")
+                await self._abort(UpstreamError("server", "The gateway could not translate the stream."))
+                return
+        await self._write(self.writer.end(self.state.usage), more=False)
         self.finish(200)
+
+    async def _abort(self, err: Exception):
+        self.fail(err)
+        await self._write(self.writer.error(err), more=False)
 
     async def _emit(self, chunks: list[dict]):
         for chunk in chunks:
             self._collect(chunk)
-            await self._write(data_line({**self.base, **chunk}))
+            body = self.writer.chunk(chunk)
+            if body:
+                await self._write(body)
 
     async def _write(self, body: bytes, more: bool = True):
-        await self.send({"type": "http.response.body", "body": body, "more_body": more})
+        if body or not more:
+            await self.send({"type": "http.response.body", "body": body, "more_body": more})
 
     def _collect(self, chunk: dict):
         for choice in chunk.get("choices", ()):
@@ -156,7 +166,7 @@ class StreamRelay:
         self.trace.set(status_code=status, response=self.message(), error=error)
 
     def fail(self, err: Exception):
-        self.finish(502 if not isinstance(err, ClientError) else err.status, str(err))
+        self.finish(err.status if isinstance(err, ClientError) else 502, str(err))
 
 
 async def watch_disconnect(receive, on_disconnect):

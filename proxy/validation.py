@@ -25,7 +25,7 @@ _TYPES = {
 }
 
 
-def parse_chat(raw: bytes) -> dict:
+def parse_json_object(raw: bytes) -> dict:
     if not raw.strip():
         raise ClientError("The request body is empty. Send a JSON object with 'model' and 'messages'.")
     try:
@@ -36,6 +36,11 @@ def parse_chat(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise ClientError(f"The request body must be a JSON object, not {type(body).__name__}.",
                           code="invalid_json")
+    return body
+
+
+def parse_chat(raw: bytes) -> dict:
+    body = parse_json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ClientError("'model' is required and must be a non-empty string.", param="model")

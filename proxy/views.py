@@ -1,7 +1,8 @@
-"""Proxy endpoints. The chat endpoint is a lean ASGI handler (the hot path skips
+"""Proxy endpoints. The chat endpoints are a lean ASGI handler (the hot path skips
 Django's request cycle); /health and /v1/models are ordinary Django views."""
 import asyncio
 import logging
+from functools import partial
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -16,53 +17,55 @@ from traces.trace import Trace
 from . import gateway, routing
 from .asgi_http import read_request, send_response, start_stream
 from .auth import authenticate, authenticate_sync, key_from_headers
-from .errors import from_client_error, from_upstream_error, openai_error
+from .errors import openai_error
+from .formats import ANTHROPIC, OPENAI
 from .providers.base import ClientError, UpstreamError
-from .validation import parse_chat
 
 log = logging.getLogger(__name__)
 
 
-async def chat_completions(scope, receive, send):
-    trace = Trace("chat.completions")
+async def handle(client_format, scope, receive, send):
+    """One chat request in the client's format: auth, parse, route, call, answer, trace."""
+    trace = Trace(client_format.endpoint)
     call = None
     try:
         request = await read_request(scope, receive, settings.SMARTFLOW_MAX_BODY_BYTES)
         principal = await authenticate(request.headers)
         trace.set(key_prefix=principal.key_prefix, team=principal.team or "")
         trace.stage("auth")
-        chat = parse_chat(request.body)
+        chat = client_format.parse(request.body)
         trace.set(prompt=chat["messages"], stream=bool(chat.get("stream")), client_model=chat["model"])
         call = await gateway.prepare(chat, request.headers, principal, trace)
         if call.is_stream:
-            return await relay(call, trace, receive, send)
-        body = orjson.dumps(await gateway.complete(call, trace))
-        await send_response(send, 200, body, gateway.response_headers(call, trace))
-    except ClientError as err:
-        await fail(send, trace, call, *from_client_error(err), err.message, err.retry_after)
-    except UpstreamError as err:
-        await fail(send, trace, call, *from_upstream_error(err), err.message, err.retry_after)
+            return await relay(client_format, call, trace, receive, send)
+        response = client_format.respond(await gateway.complete(call, trace), chat["model"])
+        await send_response(send, 200, orjson.dumps(response), gateway.response_headers(call, trace))
+    except (ClientError, UpstreamError) as err:
+        await fail(client_format, send, trace, call, err)
     except ConnectionAbortedError:
         trace.set(status_code=499, error="client disconnected before sending the whole body")
-    except Exception as err:  # never a traceback to the client; the trace keeps the cause
-        log.exception("chat completion failed")
-        await fail(send, trace, call, *openai_error(500, "Internal gateway error; see the trace "
-                   f"{trace.id}.", "api_error", code="internal_error"), repr(err), None)
+    except Exception as err:  # never a traceback to the client; the log and trace keep the cause
+        log.exception("chat request failed")
+        trace.set(error=repr(err))
+        await fail(client_format, send, trace, call,
+                   UpstreamError("server", f"Internal gateway error; see trace {trace.id}."), internal=True)
     finally:
         recorder.add(trace.record())
 
 
-async def fail(send, trace, call, status, body, message, retry_after):
-    trace.set(status_code=status, error=message)
-    headers = gateway.response_headers(call, trace)
-    if retry_after is not None:
-        headers["retry-after"] = str(retry_after)
-    await send_response(send, status, body, headers)
+async def fail(client_format, send, trace, call, err, internal=False):
+    status, body, headers = client_format.error(err)
+    if internal:
+        status = 500
+    trace.set(status_code=status)
+    if not trace.fields.get("error"):
+        trace.set(error=str(err))
+    await send_response(send, status, body, {**gateway.response_headers(call, trace), **headers})
 
 
-async def relay(call, trace, receive, send):
+async def relay(client_format, call, trace, receive, send):
     """Streams the answer; a client that goes away cancels the upstream call."""
-    relay = gateway.StreamRelay(call, trace, send)
+    relay = gateway.StreamRelay(call, trace, send, client_format)
     task = asyncio.current_task()
     gone = []
     watcher = None
@@ -78,13 +81,15 @@ async def relay(call, trace, receive, send):
         if not gone:
             raise
         relay.finish(499, "client disconnected mid-stream; upstream request cancelled")
-        trace.set(status_code=499)
     finally:
         if watcher is not None:
             watcher.cancel()
 
 
-PROXY_ROUTES = {("POST", "/v1/chat/completions"): chat_completions}
+PROXY_ROUTES = {
+    ("POST", "/v1/chat/completions"): partial(handle, OPENAI),
+    ("POST", "/v1/messages"): partial(handle, ANTHROPIC),
+}
 
 
 async def health(request):

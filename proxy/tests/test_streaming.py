@@ -1,7 +1,6 @@
 """Streaming through the gateway, every provider, over real sockets."""
 import json
 import socket
-import time
 
 import openai
 import pytest

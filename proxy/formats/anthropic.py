@@ -1,0 +1,452 @@
+"""Anthropic Messages clients on `POST /v1/messages`: request in, answer and stream out (PROVIDERS.md §5.7, §5.8)."""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import string
+from typing import Any
+
+import orjson
+
+from proxy.providers.base import ClientError, UpstreamError, text_of
+from proxy.providers.convert import parse_arguments
+from proxy.validation import parse_json_object
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, dict]
+
+_ALNUM = string.ascii_letters + string.digits
+_MAX_STOP = 4  # OpenAI takes at most four stop strings (§1.1).
+_ROLES = ("user", "assistant")
+_IMAGE_SOURCES = ("base64", "url")
+_STOP_REASON = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+                "function_call": "tool_use", "content_filter": "refusal"}
+# thinking.budget_tokens -> reasoning_effort (gateway choice, §5.7).
+_EFFORT_BY_BUDGET = ((4096, "low"), (16384, "medium"))
+
+# §5.8 "-> Anthropic client": upstream failure kind -> (status, error.type).
+_UPSTREAM_ERRORS = {
+    "bad_request": (400, "invalid_request_error"),
+    "auth": (502, "api_error"),  # the operator's provider key failed, not the client's
+    "not_found": (404, "not_found_error"),
+    "too_large": (413, "request_too_large"),
+    "rate_limited": (429, "rate_limit_error"),
+    "overloaded": (529, "overloaded_error"),
+    "server": (500, "api_error"),
+    "unavailable": (502, "api_error"),
+    "timeout": (504, "timeout_error"),
+}
+# Gateway statuses (client errors and the above) -> Anthropic error.type (§2.5).
+_TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error",
+                   402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                   409: "conflict_error", 413: "request_too_large", 429: "rate_limit_error",
+                   500: "api_error", 502: "api_error", 504: "timeout_error",
+                   529: "overloaded_error"}
+
+
+def new_message_id() -> str:
+    return "msg_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+def new_tool_use_id() -> str:
+    return "toolu_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+# --- request: Anthropic -> OpenAI ------------------------------------------------
+
+def validate_and_convert(body: Any) -> dict:
+    """Anthropic Messages request body -> OpenAI Chat Completions request (internal form).
+
+    Raises ClientError (400) naming the offending field. `model` stays the client's string.
+    """
+    if not isinstance(body, dict):
+        raise ClientError("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ClientError("model: a non-empty string is required.", param="model")
+    max_tokens = body.get("max_tokens")
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise ClientError("max_tokens: a positive integer is required.", param="max_tokens")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ClientError("messages: a non-empty list is required.", param="messages")
+
+    out: list[dict] = []
+    system = _system_text(body.get("system"))
+    if system:
+        out.append({"role": "system", "content": system})
+    for i, message in enumerate(messages):
+        out.extend(_convert_message(message, f"messages.{i}"))
+
+    chat: dict[str, Any] = {"model": model, "messages": out, "max_tokens": max_tokens}
+    stop = body.get("stop_sequences")
+    if stop is not None:
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise ClientError("stop_sequences: a list of strings is expected.",
+                              param="stop_sequences")
+        if stop:
+            chat["stop"] = stop[:_MAX_STOP]
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None:
+            if not _is_number(value):
+                raise ClientError(f"{name}: a number is expected.", param=name)
+            chat[name] = value
+    # top_k has no OpenAI equivalent: dropped (§5.7).
+    tools = _convert_tools(body.get("tools"))
+    if tools:
+        chat["tools"] = tools
+        chat.update(_convert_tool_choice(body.get("tool_choice")))
+    effort = _reasoning_effort(body.get("thinking"), body.get("output_config"))
+    if effort:
+        chat["reasoning_effort"] = effort
+    response_format = _response_format(body.get("output_config"))
+    if response_format:
+        chat["response_format"] = response_format
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        chat["user"] = metadata["user_id"]
+    if body.get("stream") is True:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _system_text(system: Any) -> str:
+    if system is None or isinstance(system, str):
+        return system or ""
+    if not isinstance(system, list):
+        raise ClientError("system: a string or a list of text blocks is expected.", param="system")
+    texts = []
+    for block in system:
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise ClientError("system: only text blocks are allowed.", param="system")
+        if block.get("text"):
+            texts.append(block["text"])
+    return "\n\n".join(texts)
+
+
+def _blocks(message: Any, where: str) -> tuple[str, list[dict]]:
+    """Check one message's shape; return its role and content as a block list."""
+    if not isinstance(message, dict):
+        raise ClientError(f"{where}: each message must be an object.", param=where)
+    role = message.get("role")
+    if role not in _ROLES:
+        raise ClientError(f"{where}.role: must be 'user' or 'assistant', got {role!r}.",
+                          param=f"{where}.role")
+    content = message.get("content")
+    if isinstance(content, str):
+        return role, [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not all(isinstance(b, dict) and isinstance(
+            b.get("type"), str) for b in content):
+        raise ClientError(f"{where}.content: a string or a list of content blocks "
+                          "(objects with a 'type') is expected.", param=f"{where}.content")
+    return role, content
+
+
+def _convert_message(message: Any, where: str) -> list[dict]:
+    role, blocks = _blocks(message, where)
+    if role == "assistant":
+        return _assistant_message(blocks, where)
+    if isinstance(message["content"], str) and message["content"]:
+        return [{"role": "user", "content": message["content"]}]
+
+    tool_messages: list[dict] = []
+    result_parts: list[dict] = []  # images returned by tools go in the following user message
+    parts: list[dict] = []
+    for j, block in enumerate(blocks):
+        at = f"{where}.content.{j}"
+        if block["type"] == "tool_result":
+            tool_message, images = _tool_result(block, at)
+            tool_messages.append(tool_message)
+            result_parts.extend(images)
+        else:
+            part = _user_part(block, at)
+            if part:
+                parts.append(part)
+    # OpenAI wants tool messages right after the assistant turn that made the calls,
+    # so they go first whatever their position in the Anthropic turn (§5.7).
+    out = tool_messages
+    if result_parts or parts:
+        out.append({"role": "user", "content": result_parts + parts})
+    if not out:
+        raise ClientError(f"{where}.content: the user message is empty.",
+                          param=f"{where}.content")
+    return out
+
+
+def _user_part(block: dict, at: str) -> dict | None:
+    kind = block["type"]
+    if kind == "text":
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise ClientError(f"{at}.text: a string is expected.", param=f"{at}.text")
+        return {"type": "text", "text": text} if text else None
+    source = block.get("source") if isinstance(block.get("source"), dict) else {}
+    if kind == "image":
+        if source.get("type") == "base64" and source.get("media_type") and source.get("data"):
+            url = f"data:{source['media_type']};base64,{source['data']}"
+        elif source.get("type") == "url" and source.get("url"):
+            url = source["url"]
+        else:
+            raise ClientError(f"{at}.source: images need a base64 (media_type, data) or url "
+                              "source.", param=f"{at}.source")
+        return {"type": "image_url", "image_url": {"url": url}}
+    if kind == "document":
+        return _document_part(block, source, at)
+    if kind in ("thinking", "redacted_thinking"):
+        return None
+    raise ClientError(f"{at}: content block type {kind!r} is not supported in a user message.",
+                      param=f"{at}.type")
+
+
+def _document_part(block: dict, source: dict, at: str) -> dict | None:
+    if source.get("type") == "base64" and source.get("data"):
+        media_type = source.get("media_type") or "application/pdf"
+        return {"type": "file", "file": {
+            "file_data": f"data:{media_type};base64,{source['data']}",
+            "filename": block.get("title") or "document.pdf"}}
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        return {"type": "text", "text": source["data"]} if source["data"] else None
+    if source.get("type") == "content" and isinstance(source.get("content"), (str, list)):
+        text = _result_text(source["content"])
+        return {"type": "text", "text": text} if text else None
+    raise ClientError(f"{at}.source: documents need a base64 or text source (url and file "
+                      "sources cannot be forwarded).", param=f"{at}.source")
+
+
+def _result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(b["text"] for b in content
+                     if isinstance(b, dict) and b.get("type") == "text" and b.get("text"))
+
+
+def _tool_result(block: dict, at: str) -> tuple[dict, list[dict]]:
+    call_id = block.get("tool_use_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise ClientError(f"{at}.tool_use_id: a string is required.", param=f"{at}.tool_use_id")
+    content = block.get("content")
+    if content is None:
+        content = ""
+    if not isinstance(content, (str, list)):
+        raise ClientError(f"{at}.content: a string or a list of blocks is expected.",
+                          param=f"{at}.content")
+    images = [] if isinstance(content, str) else [
+        _user_part(b, f"{at}.content.{k}") for k, b in enumerate(content)
+        if isinstance(b, dict) and b.get("type") == "image"]
+    text = _result_text(content)
+    if block.get("is_error"):
+        text = "Error: " + text if text else "Error"
+    return {"role": "tool", "tool_call_id": call_id, "content": text}, [i for i in images if i]
+
+
+def _assistant_message(blocks: list[dict], where: str) -> list[dict]:
+    texts: list[str] = []
+    calls: list[dict] = []
+    for j, block in enumerate(blocks):
+        at = f"{where}.content.{j}"
+        kind = block["type"]
+        if kind == "text":
+            if isinstance(block.get("text"), str):
+                texts.append(block["text"])
+        elif kind == "tool_use":
+            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+                raise ClientError(f"{at}: tool_use blocks need an id and a name.", param=at)
+            calls.append({"id": block["id"], "type": "function", "function": {
+                "name": block["name"],
+                "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)}})
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise ClientError(f"{at}: content block type {kind!r} is not supported in an "
+                              "assistant message.", param=f"{at}.type")
+    text = "".join(texts)
+    if not text and not calls:
+        return []  # e.g. a turn of thinking blocks only: nothing an OpenAI model can use
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    return [message]
+
+
+def _convert_tools(tools: Any) -> list[dict]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise ClientError("tools: a list is expected.", param="tools")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientError(f"tools.{i}: an object is expected.", param=f"tools.{i}")
+        if tool.get("type") not in (None, "custom"):
+            raise ClientError(f"tools.{i}: server tool {tool['type']!r} is not supported by "
+                              "this gateway; define a client tool with name and input_schema.",
+                              param=f"tools.{i}.type")
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise ClientError(f"tools.{i}.name: a string is required.", param=f"tools.{i}.name")
+        function: dict[str, Any] = {"name": tool["name"]}
+        if tool.get("description"):
+            function["description"] = tool["description"]
+        function["parameters"] = tool.get("input_schema") or {"type": "object", "properties": {}}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _convert_tool_choice(choice: Any) -> dict:
+    if choice is None:
+        return {}
+    if not isinstance(choice, dict):
+        raise ClientError("tool_choice: an object is expected.", param="tool_choice")
+    kind = choice.get("type")
+    if kind == "auto":
+        out: dict[str, Any] = {"tool_choice": "auto"}
+    elif kind == "any":
+        out = {"tool_choice": "required"}
+    elif kind == "none":
+        out = {"tool_choice": "none"}
+    elif kind == "tool" and isinstance(choice.get("name"), str):
+        out = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
+    else:
+        raise ClientError("tool_choice: type must be auto, any, none or tool (with a name).",
+                          param="tool_choice")
+    if choice.get("disable_parallel_tool_use") is True and kind != "none":
+        out["parallel_tool_calls"] = False
+    return out
+
+
+def _reasoning_effort(thinking: Any, output_config: Any) -> str | None:
+    if not isinstance(thinking, dict):
+        return None
+    if thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        budget = budget if _is_int(budget) else 0
+        for limit, effort in _EFFORT_BY_BUDGET:
+            if budget < limit:
+                return effort
+        return "high"
+    if thinking.get("type") == "adaptive":
+        effort = output_config.get("effort") if isinstance(output_config, dict) else None
+        return effort if isinstance(effort, str) and effort else "medium"
+    return None
+
+
+def _response_format(output_config: Any) -> dict | None:
+    if not isinstance(output_config, dict) or output_config.get("format") is None:
+        return None
+    fmt = output_config["format"]
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(
+            fmt.get("schema"), dict):
+        raise ClientError("output_config.format: only {'type': 'json_schema', 'schema': {...}} "
+                          "is supported.", param="output_config.format")
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": fmt["schema"]}}
+
+
+# --- response: OpenAI -> Anthropic -------------------------------------------------
+
+def to_anthropic_response(openai_response: dict, client_model: str,
+                          message_id: str | None = None) -> dict:
+    """OpenAI chat.completion dict -> Anthropic Message dict (§5.7 "Back to the Anthropic client")."""
+    choices = openai_response.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content: list[dict] = []
+    text = text_of(message.get("content")) or message.get("refusal") or ""
+    if text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        content.append({"type": "tool_use", "id": call.get("id") or new_tool_use_id(),
+                        "name": function.get("name") or "",
+                        "input": parse_arguments(function.get("arguments"))})
+    has_tools = any(b["type"] == "tool_use" for b in content)
+    return {
+        "id": message_id or new_message_id(),
+        "type": "message",
+        "role": "assistant",
+        "model": client_model,
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason"), has_tools),
+        "stop_sequence": None,
+        "usage": anthropic_usage(openai_response.get("usage")),
+    }
+
+
+def stop_reason(finish_reason: str | None, has_tool_calls: bool = False) -> str:
+    # Some upstreams report "stop" next to tool calls; the client must still see tool_use.
+    if has_tool_calls and finish_reason in (None, "stop"):
+        return "tool_use"
+    return _STOP_REASON.get(finish_reason or "stop", "end_turn")
+
+
+def anthropic_usage(usage: dict | None) -> dict:
+    """OpenAI usage -> Anthropic usage: input_tokens excludes cache reads (§2.3)."""
+    usage = usage or {}
+    prompt = usage.get("prompt_tokens") or 0
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    return {"input_tokens": max(0, prompt - cached),
+            "output_tokens": usage.get("completion_tokens") or 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached}
+
+
+def error_status_and_type(kind_or_status: str | int) -> tuple[int, str]:
+    """Upstream error kind (UpstreamError.kind) or gateway status -> (status, error.type)."""
+    if isinstance(kind_or_status, str) and kind_or_status in _UPSTREAM_ERRORS:
+        return _UPSTREAM_ERRORS[kind_or_status]
+    if isinstance(kind_or_status, str) and kind_or_status in _TYPE_BY_STATUS.values():
+        status = next(s for s, t in _TYPE_BY_STATUS.items() if t == kind_or_status)
+        return status, kind_or_status
+    if _is_int(kind_or_status):
+        status = int(kind_or_status)
+        fallback = "api_error" if status >= 500 else "invalid_request_error"
+        return status, _TYPE_BY_STATUS.get(status, fallback)
+    return _UPSTREAM_ERRORS["server"]
+
+
+def error_body(status: int, type_: str | None, message: str) -> dict:
+    """Anthropic error body; without type_, the type follows from the status."""
+    type_ = type_ or error_status_and_type(status)[1]
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def error_response(err: Exception) -> tuple[int, dict, dict[str, str]]:
+    """A ClientError or UpstreamError -> (status, Anthropic body, extra headers)."""
+    if isinstance(err, UpstreamError):
+        status, type_ = error_status_and_type(err.kind)
+    elif isinstance(err, ClientError):
+        status, type_ = error_status_and_type(err.status)
+    else:
+        status, type_ = error_status_and_type("server")
+    retry_after = getattr(err, "retry_after", None)
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
+    return status, error_body(status, type_, str(err) or "The gateway failed."), headers
+
+
+class AnthropicClient:
+    """The Anthropic Messages client format, as the views use it."""
+
+    endpoint = "messages"
+
+    def parse(self, raw: bytes) -> dict:
+        return validate_and_convert(parse_json_object(raw))
+
+    def respond(self, response: dict, client_model: str) -> dict:
+        return to_anthropic_response(response, client_model)
+
+    def error(self, err: Exception) -> tuple[int, bytes, dict[str, str]]:
+        status, body, headers = error_response(err)
+        return status, orjson.dumps(body), headers
+
+    def stream(self, chat: dict, base: dict):
+        from .anthropic_stream import AnthropicStream
+
+        return AnthropicStream(chat["model"])

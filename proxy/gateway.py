@@ -162,7 +162,15 @@ class StreamRelay:
     def finish(self, status: int, error: str = ""):
         self.trace.stages.append({"name": "upstream_total", "ms": round(self.trace.upstream_s * 1000, 3)})
         self.trace.stages.append({"name": "response_translation", "ms": round(self.translate_s * 1000, 3)})
-        _account(self.call, self.trace, self.state.usage)
+        usage = self.state.usage
+        if status != 200 and not (usage or {}).get("completion_tokens"):
+            # Cut short before the upstream's totals: estimate what was generated (~4 chars a token).
+            seen = sum(len(t) for t in self.text) + sum(len(c["function"]["arguments"])
+                                                        for c in self.tool_calls.values())
+            if seen:
+                usage = {**(usage or {}), "completion_tokens": max(1, round(seen / 4))}
+                error += " (output tokens estimated from the text received)"
+        _account(self.call, self.trace, usage)
         self.trace.set(status_code=status, response=self.message(), error=error)
 
     def fail(self, err: Exception):

@@ -80,7 +80,7 @@ async def relay(client_format, call, trace, receive, send):
     except asyncio.CancelledError:
         if not gone:
             raise
-        relay.finish(499, "client disconnected mid-stream; upstream request cancelled")
+        relay.finish(499, "cancelled: the client disconnected mid-stream; the upstream request was cancelled")
     finally:
         if watcher is not None:
             watcher.cancel()

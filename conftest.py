@@ -41,6 +41,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
 @pytest.fixture(scope="session", autouse=True)
 def _remove_test_data_dir():
     yield
+    from traces.recorder import recorder
+
+    recorder.pending.clear()  # nothing may be written at exit into a deleted database
     shutil.rmtree(os.environ["SMARTFLOW_DATA_DIR"], ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
 """Who is calling: Smartflow keys (virtual or master) for the proxy and the management API."""
+import asyncio
 import hmac
 import time
 from dataclasses import dataclass
@@ -56,6 +57,26 @@ def _load(digest: str) -> Principal | None:
                      allowed_models=tuple(key.team.allowed_models or ()), is_admin=key.is_admin)
 
 
+_refreshing: dict[str, asyncio.Task] = {}
+
+
+def _query(digest: str) -> asyncio.Task:
+    """One database query per key at a time, however many requests wait for it."""
+    task = _refreshing.get(digest)
+    if task is None:
+        task = _refreshing[digest] = asyncio.ensure_future(_load_and_cache(digest))
+        task.add_done_callback(lambda _: _refreshing.pop(digest, None))
+    return task
+
+
+async def _load_and_cache(digest: str) -> tuple[float, Principal | None]:
+    principal = await sync_to_async(_load_in_worker, thread_sensitive=False)(digest)
+    if len(_cache) > 100_000:
+        _cache.clear()
+    hit = _cache[digest] = (time.monotonic() + settings.SMARTFLOW_CONFIG_TTL, principal)
+    return hit
+
+
 def _load_in_worker(digest: str) -> Principal | None:
     close_old_connections()  # worker threads outlive requests; drop a stale connection first
     return _load(digest)
@@ -74,13 +95,11 @@ async def authenticate(headers: dict[str, str]) -> Principal:
                           "Provider keys are held by the gateway; use the key your admin issued.",
                           status=401, code="invalid_api_key")
     digest = hash_key(raw)
-    now = time.monotonic()
     hit = _cache.get(digest)
-    if hit is None or hit[0] <= now:
-        if len(_cache) > 100_000:
-            _cache.clear()
-        hit = (now + settings.SMARTFLOW_CONFIG_TTL, await sync_to_async(_load_in_worker, thread_sensitive=False)(digest))
-        _cache[digest] = hit
+    if hit is None:
+        hit = await asyncio.shield(_query(digest))
+    elif hit[0] <= time.monotonic():
+        _query(digest)  # serve the cached answer while one background query refreshes it
     if hit[1] is None:
         raise ClientError("Invalid or revoked API key. Ask your Smartflow admin for a key.",
                           status=401, code="invalid_api_key")

@@ -18,17 +18,50 @@ from httpx_aiohttp import AiohttpTransport
 from .providers.base import Provider, UpstreamError, UpstreamRequest
 from .sse import iter_events
 
-_client: httpx.AsyncClient | None = None
+class UpstreamClient(httpx.AsyncClient):
+    """The shared client. Provider calls go straight to its transport.
 
+    They never use cookies, auth flows, redirects or event hooks, and httpx's
+    client layer around them (URL merging, cookie extraction, header merging)
+    was the largest cost on the hot path (bench/README.md); the URL objects are
+    parsed once per provider endpoint.
+    """
 
-def client() -> httpx.AsyncClient:
-    global _client
-    if _client is None:
+    def __init__(self):
         limits = httpx.Limits(max_connections=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS,
                               max_keepalive_connections=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS)
         timeout = httpx.Timeout(settings.SMARTFLOW_UPSTREAM_TIMEOUT,
                                 connect=settings.SMARTFLOW_UPSTREAM_CONNECT_TIMEOUT)
-        _client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout)
+        transport = AiohttpTransport(limits=limits, client=self._session)
+        super().__init__(transport=transport, timeout=timeout)
+        self._timeout_ext = timeout.as_dict()
+        self._urls: dict[str, httpx.URL] = {}
+
+    @staticmethod
+    def _session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS,
+                                         limit_per_host=0, keepalive_timeout=30)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    async def post_json(self, url: str, headers: dict[str, str], body: dict) -> httpx.Response:
+        """Sends the request and returns once the headers are in; the body streams."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 1000:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body),
+                                extensions={"timeout": self._timeout_ext})
+        return await self._transport.handle_async_request(request)
+
+
+_client: UpstreamClient | None = None
+
+
+def client() -> UpstreamClient:
+    global _client
+    if _client is None:
+        _client = UpstreamClient()
     return _client
 
 
@@ -70,10 +103,12 @@ async def send(provider: Provider, req: UpstreamRequest) -> Reply:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.SMARTFLOW_UPSTREAM_TIMEOUT):
-            async with client().stream("POST", req.url, headers=req.headers,
-                                       content=orjson.dumps(req.body)) as response:
-                ttfb = time.perf_counter() - started
+            response = await client().post_json(req.url, req.headers, req.body)
+            ttfb = time.perf_counter() - started
+            try:
                 raw = await response.aread()
+            finally:
+                await response.aclose()
     except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
         raise _failure(provider, exc) from exc
     body = _decode(raw)
@@ -100,8 +135,8 @@ async def stream(provider: Provider, req: UpstreamRequest):
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout_at(deadline):
-                response = await stack.enter_async_context(
-                    client().stream("POST", req.url, headers=req.headers, content=orjson.dumps(req.body)))
+                response = await client().post_json(req.url, req.headers, req.body)
+                stack.push_async_callback(response.aclose)
                 if response.status_code >= 400:
                     body = _decode(await response.aread())
                     headers = {k.lower(): v for k, v in response.headers.items()}

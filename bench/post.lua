@@ -1,0 +1,36 @@
+-- wrk script: POST a fixed JSON body, with the Smartflow key and optional
+-- provider header; prints one machine-readable RESULT line at the end.
+--   BENCH_BODY_FILE  path of the JSON body to send
+--   BENCH_AUTH       value of the Authorization header (optional)
+--   BENCH_PROVIDER   value of x-smartflow-provider (optional)
+--   BENCH_EXTRA_HDR  "name: value" extra header (optional; e.g. anthropic-version)
+
+local function read_file(path)
+   local f = assert(io.open(path, "rb"), "cannot open " .. tostring(path))
+   local data = f:read("*a")
+   f:close()
+   return data
+end
+
+wrk.method = "POST"
+wrk.body = read_file(os.getenv("BENCH_BODY_FILE"))
+wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
+local provider = os.getenv("BENCH_PROVIDER")
+if provider and provider ~= "" then wrk.headers["x-smartflow-provider"] = provider end
+local extra = os.getenv("BENCH_EXTRA_HDR")
+if extra and extra ~= "" then
+   local name, value = extra:match("^([^:]+):%s*(.*)$")
+   if name then wrk.headers[name] = value end
+end
+
+function done(summary, latency, requests)
+   local e = summary.errors
+   io.write(string.format(
+      "RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f "
+      .. "mean_us=%.1f max_us=%.1f non2xx=%d socket_errors=%d\n",
+      summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+      latency:percentile(50), latency:percentile(90), latency:percentile(99),
+      latency.mean, latency.max, e.status, e.connect + e.read + e.write + e.timeout))
+end

@@ -1,0 +1,150 @@
+"""Helpers for bench/run.sh (standard library only).
+
+  report.py nginx TEMPLATE OUT TMP PORT STREAM_PORT PAYLOADS_DIR
+      Renders the nginx config: fills in the paths, ports and the fixed
+      provider answers (quoted for an nginx string literal).
+  report.py summary RESULTS META
+      Prints the summary table from the RESULT lines run.sh collected.
+
+A RESULTS line is: server<TAB>route<TAB>concurrency<TAB>RESULT k=v ... (the
+line post.lua prints), where server is "direct" (nginx itself) or the gateway
+flavour (uvicorn, daphne, uvicorn-w2).
+"""
+import json
+import sys
+from pathlib import Path
+
+# Targets from the core issue (full gateway path, this 2-core machine).
+TARGET_ADDED_P50_MS = 0.6
+TARGET_RPS_C64 = 1500
+
+ROUTES = {
+    "openai": ("OpenAI client -> OpenAI upstream", "openai"),
+    "anthropic": ("OpenAI client -> Anthropic upstream (translated)", "anthropic"),
+    "openai-stream": ("stream: OpenAI -> OpenAI", "openai-stream"),
+    "anthropic-stream": ("stream: OpenAI -> Anthropic (translated)", "anthropic-stream"),
+}
+
+
+def nginx_quote(text: str) -> str:
+    if "'" in text:
+        raise SystemExit("bench payloads must not contain single quotes")
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def render_nginx(template, out, tmp, port, stream_port, payloads):
+    payloads = Path(payloads)
+
+    def compact(name):
+        return json.dumps(json.loads((payloads / name).read_text()), separators=(",", ":"))
+
+    text = Path(template).read_text()
+    for marker, value in {
+        "@TMP@": tmp, "@PORT@": port, "@STREAM_PORT@": stream_port,
+        "@OPENAI_JSON@": nginx_quote(compact("openai_response.json")),
+        "@ANTHROPIC_JSON@": nginx_quote(compact("anthropic_response.json")),
+        "@OPENAI_SSE@": nginx_quote((payloads / "openai_stream.sse").read_text()),
+        "@ANTHROPIC_SSE@": nginx_quote((payloads / "anthropic_stream.sse").read_text()),
+    }.items():
+        text = text.replace(marker, str(value))
+    Path(out).write_text(text)
+
+
+def parse(path):
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        server, route, conc, result = line.split("\t", 3)
+        values = dict(kv.split("=", 1) for kv in result.split()[1:])
+        rows[(server, route, int(conc))] = {k: float(v) for k, v in values.items()}
+    return rows
+
+
+def ms(us):
+    return f"{us / 1000:.3f}"
+
+
+def summary(results, meta):
+    rows = parse(results)
+    meta = json.loads(Path(meta).read_text())
+    out = []
+    w = out.append
+    w(f"Smartflow bench  {meta['date']}  commit {meta['commit']}{' (+local changes)' if meta['dirty'] else ''}")
+    w(f"machine: {meta['cores']} cores, {meta['cpu']}; nginx {meta['nginx']}; {meta['wrk']}")
+    w(f"load average before the run: {meta['loadavg']}; after: {' '.join(meta['loadavg_after'])} "
+      "(anything else busy on these 2 cores skews the figures)")
+    w(f"each run {meta['duration']} s (gateway runs after a {meta['warmup']} s warm-up); "
+      f"upstream: nginx, 1 worker, fixed JSON; gateway: full path with a virtual key "
+      f"(auth, routing, translation, VASLog tracing); SQLite + in-process cache")
+    w("")
+    gateways = [s for s in ("uvicorn", "uvicorn-w2", "daphne") if any(k[0] == s for k in rows)]
+
+    w("1) Latency at concurrency 1 (wrk -t1 -c1 --latency), milliseconds")
+    w("   added = gateway percentile minus direct percentile (same run, same route)")
+    hdr = f"   {'route':<50} {'server':<11} {'direct p50':>10} {'p99':>7} {'gw p50':>8} {'p99':>7} " \
+          f"{'ADDED p50':>10} {'p99':>7} {'gw CPU/req':>10} {'non2xx':>7}"
+    w(hdr)
+    w("   " + "-" * (len(hdr) - 3))
+    for route, (label, direct_route) in ROUTES.items():
+        d = rows.get(("direct", direct_route, 1))
+        for server in gateways:
+            g = rows.get((server, route, 1))
+            if not g or not d:
+                continue
+            w(f"   {label:<50} {server:<11} {ms(d['p50_us']):>10} {ms(d['p99_us']):>7} "
+              f"{ms(g['p50_us']):>8} {ms(g['p99_us']):>7} {ms(g['p50_us'] - d['p50_us']):>10} "
+              f"{ms(g['p99_us'] - d['p99_us']):>7} {g.get('gw_cpu_ms_per_req', 0):>10.3f} "
+              f"{int(g['non2xx'] + g['socket_errors']):>7}")
+    w("")
+    w("2) Throughput at concurrency 64 (wrk -t2 -c64), requests per second")
+    hdr = f"   {'route':<50} {'server':<11} {'direct':>9} {'gateway':>9} {'gw/direct':>9} " \
+          f"{'gw p50 ms':>9} {'gw p99 ms':>9} {'gw CPU/req':>10} {'non2xx':>7}"
+    w(hdr)
+    w("   " + "-" * (len(hdr) - 3))
+    for route, (label, direct_route) in ROUTES.items():
+        d = rows.get(("direct", direct_route, 64))
+        for server in gateways:
+            g = rows.get((server, route, 64))
+            if not g or not d:
+                continue
+            w(f"   {label:<50} {server:<11} {d['rps']:>9.0f} {g['rps']:>9.0f} "
+              f"{g['rps'] / d['rps']:>9.3f} {ms(g['p50_us']):>9} {ms(g['p99_us']):>9} "
+              f"{g.get('gw_cpu_ms_per_req', 0):>10.3f} {int(g['non2xx'] + g['socket_errors']):>7}")
+    w("")
+    w("   gw CPU/req: the gateway processes' user+system CPU ms per request in that run (less sensitive")
+    w("   to other load on the machine than req/s; one process tops out near 1000 / (CPU/req) req/s)")
+    w("")
+    w("3) Targets (OpenAI route, uvicorn single process, as `manage.py serve` runs it)")
+    d1, g1 = rows.get(("direct", "openai", 1)), rows.get(("uvicorn", "openai", 1))
+    g64 = rows.get(("uvicorn", "openai", 64))
+    verdicts = []
+    if d1 and g1:
+        added = (g1["p50_us"] - d1["p50_us"]) / 1000
+        ok = added <= TARGET_ADDED_P50_MS
+        verdicts.append(ok)
+        w(f"   added p50 at c=1      {added:8.3f} ms   target <= {TARGET_ADDED_P50_MS} ms   "
+          f"{'PASS' if ok else 'FAIL'}")
+    if g64:
+        ok = g64["rps"] >= TARGET_RPS_C64
+        verdicts.append(ok)
+        w(f"   throughput at c=64    {g64['rps']:8.0f} /s   target >= {TARGET_RPS_C64} /s  "
+          f"{'PASS' if ok else 'FAIL'}")
+    errors = sum(int(r["non2xx"] + r["socket_errors"]) for k, r in rows.items() if k[0] != "direct")
+    if errors:
+        w(f"   WARNING: {errors} non-2xx responses or socket errors through the gateway "
+          "(see the gateway log kept with BENCH_KEEP=1)")
+    return "\n".join(out) + "\n"
+
+
+def main(argv):
+    if len(argv) >= 2 and argv[1] == "nginx" and len(argv) == 8:
+        render_nginx(*argv[2:])
+    elif len(argv) == 4 and argv[1] == "summary":
+        sys.stdout.write(summary(argv[2], argv[3]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

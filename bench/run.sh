@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Smartflow gateway benchmark: nginx as a static fake provider, wrk as the load,
+# direct to nginx and through the gateway in the same run. See bench/README.md.
+#
+#   bench/run.sh                      # ~100 s: latency at c=1, req/s at c=64
+#   BENCH_DAPHNE=1 bench/run.sh       # + the same under daphne (manage.py serve --server daphne)
+#   BENCH_WORKERS2=1 bench/run.sh     # + uvicorn --workers 2
+#   BENCH_STREAM=1 bench/run.sh       # + streaming (stream: true), both routes
+#   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
+#   BENCH_PYSPY=1                     # py-spy profile of the gateway during the c=64 run
+#                                     # (BENCH_PYSPY_FORMAT=speedscope|flamegraph|raw; py-spy is
+#                                     #  not in requirements: .venv/bin/pip install py-spy)
+#   BENCH_KEEP=1                      # keep the temp dir (configs, logs, SQLite)
+#
+# Everything listens on 127.0.0.1; everything started here is stopped on exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$ROOT/bench"
+PY="$ROOT/.venv/bin/python"
+NGINX="${BENCH_NGINX:-/usr/sbin/nginx}"
+WRK="${BENCH_WRK:-$(command -v wrk || echo /usr/bin/wrk)}"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-2}"
+C1_THREADS=1 C1_CONNS=1
+CN_THREADS="${BENCH_THREADS:-2}" CN_CONNS="${BENCH_CONNECTIONS:-64}"
+RESULTS_DIR="$BENCH/results"
+
+for tool in "$PY" "$NGINX" "$WRK"; do
+    [[ -x "$tool" ]] || { echo "bench: $tool not found (run 'make install' first)" >&2; exit 2; }
+done
+
+LOADAVG_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/smartflow-bench.XXXXXX")"
+PIDS=()
+
+stop_group() {  # stop a process group started with setsid: TERM, then KILL after 10 s
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    echo "bench: process $pid did not stop in 10 s; killing it" >&2
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_group "${PIDS[i]}"; done
+    if [[ "${BENCH_KEEP:-0}" == 1 || $status -ne 0 ]]; then
+        echo "bench: temp dir kept: $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit $status
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_ports() {  # N free loopback ports
+    "$PY" - "$1" <<'EOF'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+wait_http() {  # wait_http URL [curl args...]: up to 30 s for any HTTP answer
+    local url=$1; shift
+    for _ in $(seq 300); do
+        if curl -s -o /dev/null --max-time 1 "$@" "$url"; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench: $url did not answer within 30 s" >&2
+    return 1
+}
+
+read -r NGINX_PORT STREAM_PORT GW_PORT MGMT_PORT <<<"$(free_ports 4)"
+
+# --- the fake provider ---------------------------------------------------------
+mkdir -p "$TMP"/{client_body,proxy,fastcgi,uwsgi,scgi}
+"$PY" "$BENCH/report.py" nginx "$BENCH/nginx.conf" "$TMP/nginx.conf" "$TMP" "$NGINX_PORT" "$STREAM_PORT" \
+    "$BENCH/payloads"
+"$NGINX" -t -q -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log"
+setsid "$NGINX" -p "$TMP" -c "$TMP/nginx.conf" -e "$TMP/nginx-error.log" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT/"
+UPSTREAM="http://127.0.0.1:$NGINX_PORT"
+STREAM_UPSTREAM="http://127.0.0.1:$STREAM_PORT"
+
+# --- the gateway's environment: temp SQLite, in-process cache, fake provider keys ---
+if [[ "${BENCH_USE_ENV_SERVICES:-0}" != 1 ]]; then
+    unset DATABASE_URL REDIS_URL CELERY_BROKER_URL
+fi
+export SMARTFLOW_DATA_DIR="$TMP/data"
+export SMARTFLOW_PROXY_PORT="$GW_PORT" SMARTFLOW_MANAGEMENT_PORT="$MGMT_PORT"
+export SMARTFLOW_MASTER_KEY="sk-sf-bench-master-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export OPENAI_API_KEY="sk-bench-openai" ANTHROPIC_API_KEY="sk-ant-bench"
+export SMARTFLOW_LOG_LEVEL="${SMARTFLOW_LOG_LEVEL:-WARNING}"
+export PYTHONDONTWRITEBYTECODE=1
+point_gateway_at() {
+    export SMARTFLOW_OPENAI_BASE_URL="$1/v1" SMARTFLOW_ANTHROPIC_BASE_URL="$1"
+}
+point_gateway_at "$UPSTREAM"
+
+cd "$ROOT"
+"$PY" manage.py migrate --noinput -v 0
+KEY="$("$PY" manage.py smartflow_key create --team bench 2>/dev/null | tail -n1)"
+[[ "$KEY" == sk-sf-* ]] || { echo "bench: could not create a virtual key" >&2; exit 1; }
+
+GW_PID=""
+start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2
+    local flavour=$1 log="$TMP/gateway-$1.log"
+    case $flavour in
+        uvicorn) setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
+        daphne) setsid "$PY" manage.py serve --host 127.0.0.1 --server daphne >"$log" 2>&1 & ;;
+        uvicorn-w2) setsid "$ROOT/.venv/bin/uvicorn" smartflow.asgi:application --workers 2 \
+                        --host 127.0.0.1 --port "$GW_PORT" --loop uvloop --http httptools \
+                        --no-access-log --log-level warning >"$log" 2>&1 & ;;
+    esac
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    if ! wait_http "http://127.0.0.1:$GW_PORT/health"; then tail -n 30 "$log" >&2; exit 1; fi
+}
+
+stop_gateway() {
+    stop_group "$GW_PID"
+    local kept=()
+    for pid in "${PIDS[@]}"; do [[ "$pid" != "$GW_PID" ]] && kept+=("$pid"); done
+    PIDS=("${kept[@]}")
+    GW_PID=""
+}
+
+preflight() {  # one request per route through the gateway; must be 200
+    local body=$1 provider=$2 code
+    code=$(curl -s -o "$TMP/preflight.out" -D "$TMP/preflight.hdr" -w '%{http_code}' --max-time 10 \
+        -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        ${provider:+-H "x-smartflow-provider: $provider"} \
+        --data-binary "@$BENCH/payloads/$body" "http://127.0.0.1:$GW_PORT/v1/chat/completions")
+    if [[ "$code" != 200 ]]; then
+        echo "bench: preflight ($body, provider '${provider:-auto}') answered $code:" >&2
+        cat "$TMP/preflight.out" >&2; echo >&2
+        exit 1
+    fi
+}
+
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+
+CLK_TCK=$(getconf CLK_TCK)
+group_cpu_ticks() {  # user+system CPU ticks of every live process in process group $1
+    local stats=(/proc/[0-9]*/stat)
+    { cat "${stats[@]}" 2>/dev/null || true; } | sed 's/^.*) //' | awk -v g="$1" '$3 == g {s += $12 + $13} END {print s + 0}'
+}
+
+# wrk_run SERVER ROUTE CONC [record]: one wrk run; with "record" its RESULT line is kept.
+wrk_run() {
+    local server=$1 route=$2 conc=$3 record=${4:-} duration=$DURATION url body provider="" auth="" extra=""
+    local threads=$CN_THREADS conns=$CN_CONNS
+    [[ $conc == 1 ]] && threads=$C1_THREADS conns=$C1_CONNS
+    [[ -z $record ]] && duration=$WARMUP
+    if [[ $server == direct ]]; then
+        case $route in
+            openai) url="$UPSTREAM/v1/chat/completions" body=openai_request.json ;;
+            anthropic) url="$UPSTREAM/v1/messages" body=anthropic_request.json extra="anthropic-version: 2023-06-01" ;;
+            openai-stream) url="$STREAM_UPSTREAM/v1/chat/completions" body=openai_request_stream.json ;;
+            anthropic-stream) url="$STREAM_UPSTREAM/v1/messages" body=anthropic_request.json ;;
+        esac
+        auth="Bearer sk-bench-upstream"
+    else
+        url="http://127.0.0.1:$GW_PORT/v1/chat/completions" auth="Bearer $KEY" body=openai_request.json
+        [[ $route == *-stream ]] && body=openai_request_stream.json
+        [[ $route == anthropic* ]] && provider=anthropic
+    fi
+    local out cpu0=0 cpu1=0
+    [[ $server != direct && -n $record ]] && cpu0=$(group_cpu_ticks "$GW_PID")
+    out=$(BENCH_BODY_FILE="$BENCH/payloads/$body" BENCH_AUTH="$auth" BENCH_PROVIDER="$provider" \
+          BENCH_EXTRA_HDR="$extra" timeout $((duration + 30)) \
+          "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency -s "$BENCH/post.lua" "$url")
+    if [[ -n $record ]]; then
+        local line
+        line=$(grep '^RESULT ' <<<"$out")
+        if [[ $server != direct ]]; then  # the gateway's own CPU time per request (all its processes)
+            cpu1=$(group_cpu_ticks "$GW_PID")
+            line+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v l="$line" 'BEGIN {
+                match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9);
+                printf "gw_cpu_ms_per_req=%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')"
+        fi
+        printf '%s\t%s\t%s\t%s\n' "$server" "$route" "$conc" "$line" >>"$RESULTS"
+        printf '  %-10s %-17s c=%-3s %s\n' "$server" "$route" "$conc" \
+            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req)=/) printf "%s ", $i}' <<<"$line")"
+    fi
+}
+
+measure() {  # measure SERVER ROUTE CONC: warm-up (gateway only), then the recorded run
+    [[ $1 != direct && $WARMUP != 0 ]] && wrk_run "$1" "$2" "$3"
+    wrk_run "$1" "$2" "$3" record
+}
+
+profile_during() {  # py-spy on the gateway while a measurement runs (BENCH_PYSPY=1)
+    local name=$1; shift
+    if [[ "${BENCH_PYSPY:-0}" == 1 && -x "$ROOT/.venv/bin/py-spy" ]]; then
+        local fmt=${BENCH_PYSPY_FORMAT:-speedscope} ext=json
+        [[ $fmt == raw ]] && ext=txt
+        [[ $fmt == flamegraph ]] && ext=svg
+        mkdir -p "$RESULTS_DIR"
+        [[ $WARMUP != 0 ]] && wrk_run "$@"
+        "$ROOT/.venv/bin/py-spy" record --pid "$GW_PID" --subprocesses --duration "$DURATION" --rate 250 \
+            --format "$fmt" --output "$RESULTS_DIR/pyspy-$name.$ext" --nonblocking >/dev/null 2>&1 &
+        local spy=$!
+        wrk_run "$@" record
+        wait "$spy" || true
+        echo "  py-spy profile: bench/results/pyspy-$name.$ext"
+    else
+        measure "$@"
+    fi
+}
+
+echo "bench: nginx on :$NGINX_PORT (stream :$STREAM_PORT), gateway on :$GW_PORT; ${DURATION} s per run"
+start_gateway uvicorn
+preflight openai_request.json ""
+preflight openai_request.json anthropic
+echo "concurrency 1 (wrk -t1 -c1):"
+measure direct openai 1
+measure uvicorn openai 1
+measure direct anthropic 1
+measure uvicorn anthropic 1
+echo "concurrency $CN_CONNS (wrk -t$CN_THREADS -c$CN_CONNS):"
+measure direct openai 64
+profile_during uvicorn-c64 uvicorn openai 64
+measure direct anthropic 64
+measure uvicorn anthropic 64
+stop_gateway
+
+if [[ "${BENCH_WORKERS2:-0}" == 1 ]]; then
+    echo "uvicorn --workers 2:"
+    start_gateway uvicorn-w2
+    preflight openai_request.json ""
+    measure uvicorn-w2 openai 1
+    measure uvicorn-w2 openai 64
+    stop_gateway
+fi
+
+if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
+    echo "daphne (manage.py serve --server daphne):"
+    start_gateway daphne
+    preflight openai_request.json ""
+    measure daphne openai 1
+    measure daphne openai 64
+    measure daphne anthropic 64
+    stop_gateway
+fi
+
+if [[ "${BENCH_STREAM:-0}" == 1 ]]; then
+    echo "streaming (stream: true; the upstream sends the whole event stream at once):"
+    point_gateway_at "$STREAM_UPSTREAM"
+    start_gateway uvicorn
+    preflight openai_request_stream.json ""
+    preflight openai_request_stream.json anthropic
+    measure direct openai-stream 1
+    measure uvicorn openai-stream 1
+    measure direct anthropic-stream 1
+    measure uvicorn anthropic-stream 1
+    measure direct openai-stream 64
+    measure uvicorn openai-stream 64
+    measure direct anthropic-stream 64
+    measure uvicorn anthropic-stream 64
+    stop_gateway
+fi
+
+"$PY" - "$TMP/meta.json" "$DURATION" "$WARMUP" "$NGINX" "$WRK" "$LOADAVG_BEFORE" <<'EOF'
+import json, os, subprocess, sys, time
+path, duration, warmup, nginx, wrk, loadavg = sys.argv[1:]
+def sh(*cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip()
+    except Exception:
+        return "?"
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": sh("git", "rev-parse", "--short", "HEAD"),
+           "dirty": bool(sh("git", "status", "--porcelain", "--untracked-files=no")),
+           "cores": os.cpu_count(), "cpu": cpu, "loadavg": loadavg,
+           "loadavg_after": open("/proc/loadavg").read().split()[:3], "duration": duration, "warmup": warmup,
+           "nginx": sh(nginx, "-v").split("/")[-1], "wrk": sh(wrk, "-v").splitlines()[0].split(" [")[0]},
+          open(path, "w"))
+EOF
+mkdir -p "$RESULTS_DIR"
+"$PY" "$BENCH/report.py" summary "$RESULTS" "$TMP/meta.json" | tee "$RESULTS_DIR/latest.txt"
+cp "$RESULTS" "$RESULTS_DIR/latest.tsv"
+echo "(written to bench/results/latest.txt)"

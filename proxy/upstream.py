@@ -75,7 +75,6 @@ async def close():
 @dataclass
 class Reply:
     status: int
-    headers: dict[str, str]
     body: object  # parsed JSON, or text when the upstream did not send JSON
     ttfb_s: float
 
@@ -112,13 +111,12 @@ async def send(provider: Provider, req: UpstreamRequest) -> Reply:
     except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
         raise _failure(provider, exc) from exc
     body = _decode(raw)
-    headers = {k.lower(): v for k, v in response.headers.items()}
     if response.status_code >= 400:
-        raise provider.classify_error(response.status_code, body, headers)
+        raise provider.classify_error(response.status_code, body, dict(response.headers))
     if not isinstance(body, dict):
         raise UpstreamError("server", f"{provider.name}: the provider answered with a body that is not JSON.",
                             upstream_status=response.status_code)
-    return Reply(response.status_code, headers, body, ttfb)
+    return Reply(response.status_code, body, ttfb)
 
 
 @asynccontextmanager
@@ -139,8 +137,7 @@ async def stream(provider: Provider, req: UpstreamRequest):
                 stack.push_async_callback(response.aclose)
                 if response.status_code >= 400:
                     body = _decode(await response.aread())
-                    headers = {k.lower(): v for k, v in response.headers.items()}
-                    raise provider.classify_error(response.status_code, body, headers)
+                    raise provider.classify_error(response.status_code, body, dict(response.headers))
         except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
             raise _failure(provider, exc) from exc
         events = iter_events(response.aiter_bytes(), provider.stream_format)

@@ -50,6 +50,17 @@ def dump_arguments(value: Any) -> str:
     return json.dumps(value if value is not None else {}, ensure_ascii=False)
 
 
+def max_tokens(chat: dict) -> int | None:
+    """The client's output cap, whichever of the two OpenAI fields it used."""
+    value = chat.get("max_completion_tokens")
+    return chat.get("max_tokens") if value is None else value
+
+
+def renamed(chat: dict, names: dict[str, str]) -> dict:
+    """The set values of chat's keys in names, under the provider's names for them."""
+    return {name: chat[key] for key, name in names.items() if chat.get(key) is not None}
+
+
 def stop_list(stop: Any) -> list[str]:
     if stop is None:
         return []

@@ -169,15 +169,9 @@ def _thinking(effort: str, model: str, dropped: list[str]) -> dict | None:
 
 
 def _generation_config(chat: dict, model: str, dropped: list[str]) -> dict:
-    config: dict[str, Any] = {}
-    max_tokens = chat.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = chat.get("max_tokens")
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
-    for key, name in _GENERATION.items():
-        if chat.get(key) is not None:
-            config[name] = chat[key]
+    config: dict[str, Any] = convert.renamed(chat, _GENERATION)
+    if convert.max_tokens(chat) is not None:
+        config["maxOutputTokens"] = convert.max_tokens(chat)
     stop = convert.stop_list(chat.get("stop"))
     if stop:
         config["stopSequences"] = stop

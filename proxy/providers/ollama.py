@@ -73,15 +73,9 @@ def _messages(messages: list[dict]) -> list[dict]:
 
 
 def _options(chat: dict) -> dict:
-    options: dict[str, Any] = {}
-    max_tokens = chat.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = chat.get("max_tokens")
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    for key, name in _OPTIONS.items():
-        if chat.get(key) is not None:
-            options[name] = chat[key]
+    options: dict[str, Any] = convert.renamed(chat, _OPTIONS)
+    if convert.max_tokens(chat) is not None:
+        options["num_predict"] = convert.max_tokens(chat)
     stop = convert.stop_list(chat.get("stop"))
     if stop:
         options["stop"] = stop

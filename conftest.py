@@ -4,18 +4,11 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 
 import httpx
 import pytest
-
-# Set before Django loads settings: tests never touch the developer's data folder, and
-# concurrent test runs (several checkouts, CI) never share a database or cache keys.
-os.environ.setdefault("SMARTFLOW_DATA_DIR", tempfile.mkdtemp(prefix="smartflow-test-"))
-os.environ.setdefault("SMARTFLOW_CACHE_PREFIX", f"smartflow-test-{os.getpid()}")
-os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 
 from tests.fake_upstream import FakeUpstream  # noqa: E402
 

@@ -91,6 +91,10 @@ SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS = env_int("SMARTFLOW_ANTHROPIC_DEFAULT_MA
 # Key for encrypting provider keys at rest (Fernet); derived from SECRET_KEY if unset.
 SMARTFLOW_ENCRYPTION_KEY = env_str("SMARTFLOW_ENCRYPTION_KEY")
 SMARTFLOW_JWT_TTL_SECONDS = env_int("SMARTFLOW_JWT_TTL_SECONDS", 3600)
+# SSO: how long a process may keep the shared config in memory, how long a sign-in may take.
+SMARTFLOW_SSO_CONFIG_TTL = env_float("SMARTFLOW_SSO_CONFIG_TTL", 1.0)
+SMARTFLOW_SSO_STATE_TTL = env_int("SMARTFLOW_SSO_STATE_TTL", 600)
+SMARTFLOW_ENTRA_AUTHORITY = env_str("SMARTFLOW_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
 
 REDIS_URL = env_str("REDIS_URL")
 
@@ -169,8 +173,11 @@ if REDIS_URL:
             "KEY_PREFIX": env_str("SMARTFLOW_CACHE_PREFIX", "smartflow"),
         }
     }
+    # Live trace rows reach browsers connected to any gateway process.
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                    "CONFIG": {"hosts": [REDIS_URL],
+                               "prefix": env_str("SMARTFLOW_CHANNELS_PREFIX", "smartflow:channels")}},
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -181,6 +188,23 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 # Without a broker every task runs in the calling process.
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_IGNORE_RESULT = True
+
+# --- Observability (traces dashboard, /metrics) -----------------------------------
+# Redis hash and cache keys of the metrics live under this prefix.
+SMARTFLOW_METRICS_PREFIX = env_str("SMARTFLOW_METRICS_PREFIX",
+                                   env_str("SMARTFLOW_CACHE_PREFIX", "smartflow") + ":metrics")
+# How often the beat task rolls up the last 1,000 VAS logs; a scrape recomputes a roll-up older than twice this.
+SMARTFLOW_METRICS_ROLLUP_SECONDS = env_float("SMARTFLOW_METRICS_ROLLUP_SECONDS", 15.0)
+# Old VAS logs are deleted this many rows per statement.
+SMARTFLOW_TRACE_RETENTION_BATCH = env_int("SMARTFLOW_TRACE_RETENTION_BATCH", 5000)
+CELERY_TASK_DEFAULT_QUEUE = env_str("SMARTFLOW_CELERY_QUEUE", "smartflow")
+CELERY_BEAT_SCHEDULE = {
+    "metrics-rollup": {"task": "metrics.rollup", "schedule": SMARTFLOW_METRICS_ROLLUP_SECONDS},
+    "traces-retention": {"task": "traces.purge_old_logs", "schedule": 3600.0},
+}
+# django-prometheus: request metrics of the Django views (the proxy's lean chat handler is not one).
+MIDDLEWARE = ["django_prometheus.middleware.PrometheusBeforeMiddleware", *MIDDLEWARE,
+              "django_prometheus.middleware.PrometheusAfterMiddleware"]
 
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"
@@ -195,6 +219,7 @@ SESSION_COOKIE_SAMESITE = "Lax"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["proxy.auth.ManagementAuthentication",
+                                       "sso.tokens.SmartflowJWTAuthentication",
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,

@@ -29,7 +29,15 @@ class VASLog(models.Model):
 
     class Meta:
         verbose_name = "VAS log"
-        indexes = [models.Index(fields=["-timestamp", "-id"], name="vaslog_newest")]
+        # What the list filters and sorts on (traces/queries.py); each ends in (timestamp, id)
+        # or id so keyset pages seek instead of scanning.
+        indexes = [
+            models.Index(fields=["-timestamp", "-id"], name="vaslog_newest"),
+            models.Index(fields=["provider", "-timestamp", "-id"], name="vaslog_provider_newest"),
+            models.Index(fields=["cache", "-timestamp", "-id"], name="vaslog_cache_newest"),
+            models.Index(fields=["provider", "cache", "-timestamp", "-id"], name="vaslog_provider_cache_newest"),
+            models.Index(fields=["-latency_ms", "-id"], name="vaslog_slowest"),
+        ]
 
     def __str__(self):
         return f"{self.id} {self.provider}/{self.upstream_model} {self.status_code}"

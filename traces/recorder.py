@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from .models import VASLog
+from .writer import write_batch
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 200_000  # beyond this the database is down for long; drop oldest rather than exhaust memory
@@ -27,8 +27,16 @@ class Recorder:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.listeners: list = []  # callables given each written batch (live dashboard, metrics)
+        # Callables given each record as it is added, on the request path: they must only
+        # do cheap in-memory work (no I/O); the metrics counters use this.
+        self.observers: list = []
 
     def add(self, record: dict):
+        for observe in self.observers:
+            try:
+                observe(record)
+            except Exception:
+                log.exception("trace observer failed")
         with self._lock:
             self.pending.append(record)
             if len(self.pending) > MAX_PENDING:
@@ -82,7 +90,7 @@ class Recorder:
             self.writing.extend(batch)
         try:
             close_old_connections()
-            VASLog.objects.bulk_create([VASLog(**r) for r in batch], batch_size=500, ignore_conflicts=True)
+            write_batch(batch)
         except Exception:
             log.exception("writing %d traces failed; will retry", len(batch))
             with self._lock:

@@ -1,9 +1,25 @@
-"""The VAS log management API."""
+"""The VAS log management API and the traces dashboard page."""
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
+from proxy.routing import PROVIDER_NAMES
+
 from .models import VASLog, as_dict
+from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs
 from .recorder import recorder
+
+LOGIN_URL = "/dashboard/sso_login.html"
+
+
+@api_view(["GET"])
+def log_list(request):
+    try:
+        page = filter_logs(request.query_params)
+    except BadQuery as err:
+        return Response({"success": False, "error": str(err)}, status=400)
+    return Response(page.as_body())
 
 
 @api_view(["GET"])
@@ -15,3 +31,18 @@ def log_detail(request, log_id: str):
             return Response({"success": False, "error": f"No VAS log with id '{log_id}'."}, status=404)
         log = VASLog(**pending)
     return Response({"success": True, "data": as_dict(log)})
+
+
+@login_required(login_url=LOGIN_URL)
+def traces_page(request):
+    """Server-rendered first page; the page's script refreshes it through the list API."""
+    try:
+        params = ListParams.parse(request.GET)
+        error = ""
+    except BadQuery as err:
+        params, error = ListParams(), str(err)
+    page = filter_logs(params)
+    return render(request, "dashboard/traces.html", {
+        "page": page, "body": page.as_body(), "params": params, "error": error,
+        "providers": PROVIDER_NAMES, "cache_values": CACHE_VALUES, "nav": "traces",
+    })

@@ -1,0 +1,72 @@
+"""Every Smartflow metric, declared once: name, type, help text and its bounded label set."""
+from dataclasses import dataclass
+
+from proxy.routing import PROVIDER_NAMES
+
+# Label values are drawn from fixed sets so a flood of odd requests cannot create series.
+NO_PROVIDER = "none"  # the request failed before a provider was chosen
+OTHER_MODEL = "other"  # any model name the tier table does not know
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "other")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # counter, gauge or histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+REQUESTS = Metric("smartflow_requests_total", "counter",
+                  "Requests handled by the proxy, failed and cached ones included.",
+                  ("provider", "model", "status"))
+CACHE_HITS = Metric("smartflow_cache_hits_total", "counter",
+                    "Requests answered from the response cache.", ("provider", "model"))
+CACHE_MISSES = Metric("smartflow_cache_misses_total", "counter",
+                      "Cacheable requests the response cache could not answer.", ("provider", "model"))
+TOKENS_INPUT = Metric("smartflow_tokens_input_total", "counter",
+                      "Prompt (input) tokens reported by the providers.", ("provider", "model"))
+TOKENS_OUTPUT = Metric("smartflow_tokens_output_total", "counter",
+                       "Completion (output) tokens reported by the providers.", ("provider", "model"))
+PROVIDER_ERRORS = Metric("smartflow_provider_errors_total", "counter",
+                         "Requests that failed at or after the provider call (status 5xx: upstream "
+                         "error, timeout or gateway fault).", ("provider", "status"))
+COST = Metric("smartflow_cost_usd_total", "counter",
+              "Spend in US dollars, from the tier table's prices.", ("provider", "model"))
+
+COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST)
+
+OVERHEAD = Metric("smartflow_overhead_seconds", "histogram",
+                  "The gateway's own time per request: total time minus time waiting on the provider.")
+# Gateway overhead lives in the sub-millisecond to tens-of-milliseconds range.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+LATENCY_P50 = Metric("smartflow_latency_p50_seconds", "gauge",
+                     "Median end-to-end latency over the last 1,000 requests (roll-up).")
+LATENCY_P90 = Metric("smartflow_latency_p90_seconds", "gauge",
+                     "90th percentile end-to-end latency over the last 1,000 requests (roll-up).")
+LATENCY_P99 = Metric("smartflow_latency_p99_seconds", "gauge",
+                     "99th percentile end-to-end latency over the last 1,000 requests (roll-up).")
+CACHE_HIT_RATE = Metric("smartflow_cache_hit_rate", "gauge",
+                        "Share of cache hits among cache hits and misses over the last 1,000 requests (0..1).")
+CACHE_SIZE = Metric("smartflow_cache_size_bytes", "gauge",
+                    "Memory held by the cache (Redis used_memory, or the in-process cache's stored bytes).")
+ROLLUP_AGE = Metric("smartflow_rollup_age_seconds", "gauge",
+                    "Age of the roll-up behind the latency and hit-rate gauges.")
+
+
+def provider_label(provider: str | None) -> str:
+    return provider if provider in PROVIDER_NAMES else NO_PROVIDER
+
+
+def status_label(status: int) -> str:
+    first = status // 100
+    return f"{first}xx" if 2 <= first <= 5 else "other"
+
+
+def model_label(model: str | None, tiers) -> str:
+    """The tier table's name for the model (dated variants fold into it), else 'other'."""
+    if not model or tiers is None:
+        return OTHER_MODEL
+    entry = tiers.lookup(model)
+    return entry.model if entry else OTHER_MODEL

@@ -5,7 +5,7 @@
 #   bench/run.sh                      # ~100 s: latency at c=1, req/s at c=64
 #   BENCH_DAPHNE=1 bench/run.sh       # + the same under daphne (manage.py serve --server daphne)
 #   BENCH_WORKERS2=1 bench/run.sh     # + uvicorn --workers 2
-#   BENCH_STREAM=1 bench/run.sh       # + streaming (stream: true), both routes
+#   BENCH_STREAM=1 bench/run.sh       # + streaming: bench/stream.py (TTFB, chunks/s, checks)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
 #   BENCH_PYSPY=1                     # py-spy profile of the gateway during the c=64 run
 #                                     # (BENCH_PYSPY_FORMAT=speedscope|flamegraph|raw; py-spy is
@@ -166,13 +166,10 @@ wrk_run() {
         case $route in
             openai) url="$UPSTREAM/v1/chat/completions" body=openai_request.json ;;
             anthropic) url="$UPSTREAM/v1/messages" body=anthropic_request.json extra="anthropic-version: 2023-06-01" ;;
-            openai-stream) url="$STREAM_UPSTREAM/v1/chat/completions" body=openai_request_stream.json ;;
-            anthropic-stream) url="$STREAM_UPSTREAM/v1/messages" body=anthropic_request.json ;;
         esac
         auth="Bearer sk-bench-upstream"
     else
         url="http://127.0.0.1:$GW_PORT/v1/chat/completions" auth="Bearer $KEY" body=openai_request.json
-        [[ $route == *-stream ]] && body=openai_request_stream.json
         [[ $route == anthropic* ]] && provider=anthropic
     fi
     local out cpu0=0 cpu1=0
@@ -254,20 +251,22 @@ if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
     stop_gateway
 fi
 
+STREAM_STATUS=0
 if [[ "${BENCH_STREAM:-0}" == 1 ]]; then
-    echo "streaming (stream: true; the upstream sends the whole event stream at once):"
-    point_gateway_at "$STREAM_UPSTREAM"
+    # bench/stream.py: its own paced SSE upstream (aiohttp), a fresh gateway pointed at it; time to
+    # first text chunk at c=1, chunks/s at c=32, a paced stream, every stream checked. About 90 s.
+    echo "streaming (bench/stream.py: paced SSE upstream, direct vs through the gateway):"
+    read -r PACED_PORT <<<"$(free_ports 1)"
+    setsid "$PY" "$BENCH/stream.py" upstream --port "$PACED_PORT" >"$TMP/stream-upstream.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$PACED_PORT/"
+    point_gateway_at "http://127.0.0.1:$PACED_PORT"
     start_gateway uvicorn
     preflight openai_request_stream.json ""
     preflight openai_request_stream.json anthropic
-    measure direct openai-stream 1
-    measure uvicorn openai-stream 1
-    measure direct anthropic-stream 1
-    measure uvicorn anthropic-stream 1
-    measure direct openai-stream 64
-    measure uvicorn openai-stream 64
-    measure direct anthropic-stream 64
-    measure uvicorn anthropic-stream 64
+    timeout 240 "$PY" "$BENCH/stream.py" measure --upstream "http://127.0.0.1:$PACED_PORT" \
+        --gateway "http://127.0.0.1:$GW_PORT" --key "$KEY" --gateway-pgid "$GW_PID" \
+        --out "$TMP/stream.txt" --json "$TMP/stream.json" || STREAM_STATUS=$?
     stop_gateway
 fi
 
@@ -291,4 +290,12 @@ EOF
 mkdir -p "$RESULTS_DIR"
 "$PY" "$BENCH/report.py" summary "$RESULTS" "$TMP/meta.json" | tee "$RESULTS_DIR/latest.txt"
 cp "$RESULTS" "$RESULTS_DIR/latest.tsv"
+if [[ -f "$TMP/stream.txt" ]]; then  # BENCH_STREAM=1: the streaming table after the summary
+    { echo; cat "$TMP/stream.txt"; } | tee -a "$RESULTS_DIR/latest.txt"
+    [[ -f "$TMP/stream.json" ]] && cp "$TMP/stream.json" "$RESULTS_DIR/stream-latest.json"
+fi
 echo "(written to bench/results/latest.txt)"
+if [[ $STREAM_STATUS -ne 0 ]]; then
+    echo "bench: bench/stream.py failed (status $STREAM_STATUS): see its correctness section above" >&2
+    exit 1
+fi

@@ -24,13 +24,20 @@ class Call:
     provider: Provider
     request: UpstreamRequest
     tiers: routing.TierTable
+    # The client speaks the serving provider's own format: its body went out as is.
+    is_native: bool = False
+    reply_body: dict | None = None
+
+    def native_reply(self) -> dict:
+        return {**self.reply_body, "model": self.route.client_model}
 
     @property
     def is_stream(self) -> bool:
         return bool(self.chat.get("stream"))
 
 
-async def prepare(chat: dict, headers: dict[str, str], principal: Principal, trace: Trace) -> Call:
+async def prepare(chat: dict, headers: dict[str, str], principal: Principal, trace: Trace,
+                  native: dict | None = None, native_provider: str | None = None) -> Call:
     """Routing and request translation (stages 'routing' and 'translation')."""
     tiers = await routing.table.get()
     route = routing.route(chat["model"], headers.get("x-smartflow-provider"), tiers)
@@ -48,12 +55,16 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
         raise UpstreamError("auth", f"No API key is configured for {route.provider}. The operator must set "
                             f"{route.provider.upper()}_API_KEY or add the key in the admin.")
     provider = PROVIDERS[route.provider]
-    request = provider.build_request(chat, route.upstream_model,
-                                     settings.SMARTFLOW_BASE_URLS[route.provider], key)
+    base_url = settings.SMARTFLOW_BASE_URLS[route.provider]
+    is_native = native is not None and native_provider == route.provider
+    if is_native:
+        request = provider.build_native_request(native, route.upstream_model, base_url, key, headers)
+    else:
+        request = provider.build_request(chat, route.upstream_model, base_url, key)
     if request.dropped:
         trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=request.dropped)
     trace.stage("translation")
-    return Call(chat, route, provider, request, tiers)
+    return Call(chat, route, provider, request, tiers, is_native)
 
 
 def response_headers(call: Call | None, trace: Trace) -> dict[str, str]:
@@ -76,6 +87,7 @@ async def complete(call: Call, trace: Trace) -> dict:
     reply = await upstream.send(call.provider, call.request)
     trace.stages.append({"name": "upstream_ttfb", "ms": round(reply.ttfb_s * 1000, 3)})
     trace.stage("upstream_total", upstream=True)
+    call.reply_body = reply.body
     response = call.provider.parse_response(reply.body)
     response = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion", "created": int(time.time()),
                 "model": call.route.client_model, **response}
@@ -110,10 +122,18 @@ class StreamRelay:
                 async for event in events:
                     now = time.perf_counter()
                     self.trace.upstream_s += now - waited
-                    await self._emit(self.call.provider.parse_stream_event(event, self.state))
+                    chunks = self.call.provider.parse_stream_event(event, self.state)
+                    if self.call.is_native:
+                        for chunk in chunks:
+                            self._collect(chunk)  # for the trace; the client gets the event itself
+                        await self._write(self.writer.native(event))
+                    else:
+                        await self._emit(chunks)
                     waited = time.perf_counter()
                     self.translate_s += waited - now
-                await self._emit(self.call.provider.finish_stream(self.state))
+                closing = self.call.provider.finish_stream(self.state)
+                if not self.call.is_native:
+                    await self._emit(closing)
             except (UpstreamError, ClientError) as err:
                 await self._abort(err)
                 return

@@ -33,12 +33,13 @@ async def handle(client_format, scope, receive, send):
         principal = await authenticate(request.headers)
         trace.set(key_prefix=principal.key_prefix, team=principal.team or "")
         trace.stage("auth")
-        chat = client_format.parse(request.body)
+        chat, native = client_format.parse(request.body)
         trace.set(prompt=chat["messages"], stream=bool(chat.get("stream")), client_model=chat["model"])
-        call = await gateway.prepare(chat, request.headers, principal, trace)
+        call = await gateway.prepare(chat, request.headers, principal, trace, native, client_format.native_provider)
         if call.is_stream:
             return await relay(client_format, call, trace, receive, send)
-        response = client_format.respond(await gateway.complete(call, trace), chat["model"])
+        response = await gateway.complete(call, trace)
+        response = call.native_reply() if call.is_native else client_format.respond(response, chat["model"])
         await send_response(send, 200, orjson.dumps(response), gateway.response_headers(call, trace))
     except (ClientError, UpstreamError) as err:
         await fail(client_format, send, trace, call, err)

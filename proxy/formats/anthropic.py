@@ -435,9 +435,12 @@ class AnthropicClient:
     """The Anthropic Messages client format, as the views use it."""
 
     endpoint = "messages"
+    native_provider = "anthropic"
 
-    def parse(self, raw: bytes) -> dict:
-        return validate_and_convert(parse_json_object(raw))
+    def parse(self, raw: bytes) -> tuple[dict, dict]:
+        """(the internal form, the client's own body for a native Anthropic upstream)."""
+        body = parse_json_object(raw)
+        return validate_and_convert(body), body
 
     def respond(self, response: dict, client_model: str) -> dict:
         return to_anthropic_response(response, client_model)

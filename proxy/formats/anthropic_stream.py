@@ -153,10 +153,20 @@ class AnthropicStream:
     """Writes a stream to an Anthropic client: named SSE events, no [DONE]."""
 
     def __init__(self, client_model: str):
+        self.client_model = client_model
         self.translator = StreamTranslator(client_model)
+        self.is_native = False
 
     def start(self) -> bytes:
-        return _frame(self.translator.start())
+        return b""  # message_start goes with the first event (from the translator, or native)
+
+    def native(self, event: dict) -> bytes:
+        """An event from an Anthropic upstream, forwarded as it is but for the model name."""
+        self.is_native = True
+        self.translator.finished = True  # the upstream sends its own message_stop
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            event = {**event, "message": {**event["message"], "model": self.client_model}}
+        return named_event(event.get("type", "unknown"), event)
 
     def chunk(self, chunk: dict) -> bytes:
         return _frame(self.translator.feed(chunk))
@@ -166,4 +176,5 @@ class AnthropicStream:
 
     def error(self, err: Exception) -> bytes:
         kind = getattr(err, "kind", None) or getattr(err, "status", None) or "server"
+        self.translator.finished = False  # an error event may follow native events too
         return _frame(self.translator.error(kind, str(err) or "The upstream stream failed."))

@@ -7,9 +7,11 @@ from proxy.validation import parse_chat
 
 class OpenAIClient:
     endpoint = "chat.completions"
+    # OpenAI upstreams still get the model-family fixes, so no native pass-through.
+    native_provider = None
 
-    def parse(self, raw: bytes) -> dict:
-        return parse_chat(raw)
+    def parse(self, raw: bytes) -> tuple[dict, None]:
+        return parse_chat(raw), None
 
     def respond(self, response: dict, client_model: str) -> dict:
         return response
@@ -36,6 +38,9 @@ class OpenAIStream:
 
     def start(self) -> bytes:
         return b""
+
+    def native(self, event: dict) -> bytes:
+        raise NotImplementedError("OpenAI clients are never served natively")
 
     def chunk(self, chunk: dict) -> bytes:
         return data_line({**self.base, **chunk})

@@ -36,6 +36,17 @@ _HANDLED = {"model", "messages", "max_tokens", "max_completion_tokens", "tempera
             "reasoning_effort", "user", "stream", "stream_options"}
 
 
+def _url(base_url: str) -> str:
+    return f"{base_url.rstrip('/')}/v1/messages"
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
+    if api_key:
+        headers["x-api-key"] = api_key
+    return headers
+
+
 def _is_adaptive(model: str) -> bool:
     """Opus/Sonnet 4.6+, Claude 5 and Mythos take thinking.type "adaptive"."""
     match = _FAMILY_4.match(model)
@@ -279,10 +290,15 @@ class AnthropicProvider(Provider):
             body["metadata"] = {"user_id": chat["user"]}
         if chat.get("stream"):
             body["stream"] = True
-        headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
-        if api_key:
-            headers["x-api-key"] = api_key
-        return UpstreamRequest(f"{base_url.rstrip('/')}/v1/messages", headers, body, dropped)
+        return UpstreamRequest(_url(base_url), _headers(api_key), body, dropped)
+
+    def build_native_request(self, body: dict, model: str, base_url: str, api_key: str | None,
+                             client_headers: dict[str, str]) -> UpstreamRequest:
+        # Prompt caching, thinking blocks and citations survive only this way (§5.7).
+        headers = _headers(api_key)
+        if client_headers.get("anthropic-beta"):
+            headers["anthropic-beta"] = client_headers["anthropic-beta"]
+        return UpstreamRequest(_url(base_url), headers, {**body, "model": model})
 
     def parse_response(self, body: dict) -> dict:
         if body.get("type") == "error":

@@ -80,6 +80,12 @@ class Provider:
         """chat: the OpenAI-format request (internal form); model: upstream model."""
         raise NotImplementedError
 
+    def build_native_request(self, body: dict, model: str, base_url: str, api_key: str | None,
+                             client_headers: dict[str, str]) -> UpstreamRequest:
+        """A body already in this provider's wire format (the client speaks it), sent as it is
+        but for the model, so nothing the internal form cannot carry is lost."""
+        raise NotImplementedError
+
     def parse_response(self, body: dict) -> dict:
         """Upstream JSON body -> OpenAI chat.completion dict.
 

@@ -3,6 +3,7 @@ import base64
 import json
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -155,3 +156,53 @@ def test_matrix(gateway, master_key, fake_upstream, client, provider, stream, ki
     assert sent.provider == provider
     if kind == "image":
         assert PNG_B64 in json.dumps(sent.json)
+
+
+# --- Anthropic client to an Anthropic upstream: the body goes out as is ---------------------
+
+def test_anthropic_to_anthropic_keeps_what_the_openai_form_cannot_carry(gateway, claude, fake_upstream):
+    fake_upstream.script(provider="anthropic", body={
+        "id": "msg_native", "type": "message", "role": "assistant", "model": "claude-opus-4-6",
+        "content": [{"type": "thinking", "thinking": "hmm", "signature": "sig-1"},
+                    {"type": "text", "text": "native answer", "citations": None}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 100,
+                  "cache_creation_input_tokens": 0}})
+    raw = claude.messages.with_raw_response.create(
+        model="claude-opus-4-6", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
+        system=[{"type": "text", "text": "long shared context", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "hi"}], extra_headers={"anthropic-beta": "some-beta-2026"})
+    message = raw.parse()
+    assert [b.type for b in message.content] == ["thinking", "text"]  # nothing dropped on the way back
+    assert message.content[0].signature == "sig-1" and message.id == "msg_native"
+    sent = fake_upstream.last_request
+    assert sent.json["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert sent.json["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert sent.headers["anthropic-beta"] == "some-beta-2026"
+    assert sent.headers["x-api-key"] != claude.api_key
+    log = gateway.log(raw.headers["x-smartflow-request-id"])
+    assert log.tokens_input == 107 and log.tokens_output == 3  # cache reads count as input
+
+
+def test_anthropic_to_anthropic_streams_the_upstream_events_unchanged(gateway, claude, fake_upstream):
+    with claude.messages.stream(model="claude-sonnet-4-6", max_tokens=100,
+                                messages=[{"role": "user", "content": "native stream"}]) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert events.count("content_block_delta") >= 2
+    assert final.content[0].text == ECHO_PREFIX + "native stream" and final.model == "claude-sonnet-4-6"
+    assert final.usage.output_tokens == COMPLETION_TOKENS
+
+
+def test_native_streams_forward_every_upstream_event(gateway, master_key, fake_upstream):
+    """The translator never writes ping events; seeing the upstream's proves the pass-through."""
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "raw events"}]}
+    with httpx.stream("POST", gateway.proxy_url + "/v1/messages", json=body, timeout=30,
+                      headers={"x-api-key": master_key}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    names = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
+    assert names[0] == "message_start" and "ping" in names and names[-1] == "message_stop"
+    start = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+    assert start["message"]["model"] == "claude-sonnet-4-6"
+    assert "[DONE]" not in "".join(lines)

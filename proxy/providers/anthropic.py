@@ -127,15 +127,10 @@ def _tool_result(msg: dict) -> dict:
 
 def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
     """OpenAI messages -> (system texts, alternating Anthropic turns)."""
-    system: list[str] = []
+    system, rest = convert.split_system(messages)
     turns: list[dict] = []
-    for msg in messages:
+    for msg in rest:
         role = msg.get("role")
-        if role in ("system", "developer"):
-            text = text_of(msg.get("content"))
-            if text:
-                system.append(text)
-            continue
         if role == "user":
             blocks = [b for b in map(_user_block, convert.parts_of(msg.get("content"))) if b]
         elif role == "assistant":
@@ -147,10 +142,7 @@ def _messages(messages: list[dict]) -> tuple[list[str], list[dict]]:
         else:
             raise ClientError(f"anthropic: message role {role!r} is not supported",
                               param="messages")
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": role, "content": blocks})
+        convert.add_turn(turns, role, "content", blocks)
     for turn in turns:
         if not turn["content"]:
             raise ClientError("anthropic: a user message has no content", param="messages")

@@ -8,7 +8,7 @@ import secrets
 import string
 from typing import Any
 
-from .base import ClientError, StreamState, UpstreamError
+from .base import ClientError, StreamState, UpstreamError, text_of
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,28 @@ def parse_arguments(arguments: Any) -> dict:
 
 def dump_arguments(value: Any) -> str:
     return json.dumps(value if value is not None else {}, ensure_ascii=False)
+
+
+def split_system(messages: list[dict]) -> tuple[list[str], list[dict]]:
+    """System and developer texts, hoisted in order, and the other messages."""
+    system: list[str] = []
+    rest: list[dict] = []
+    for msg in messages:
+        if msg.get("role") in ("system", "developer"):
+            text = text_of(msg.get("content"))
+            if text:
+                system.append(text)
+        else:
+            rest.append(msg)
+    return system, rest
+
+
+def add_turn(turns: list[dict], role: str, key: str, items: list) -> None:
+    """Appends a turn, merged into the previous one when the role repeats."""
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
 
 
 def max_tokens(chat: dict) -> int | None:

@@ -86,15 +86,10 @@ def _function_response(msg: dict, names: dict[str, str]) -> dict:
 def _contents(messages: list[dict], model: str) -> tuple[list[str], list[dict]]:
     """OpenAI messages -> (system texts, merged user/model contents)."""
     names = convert.tool_names_by_id(messages)
-    system: list[str] = []
+    system, rest = convert.split_system(messages)
     contents: list[dict] = []
-    for msg in messages:
+    for msg in rest:
         role = msg.get("role")
-        if role in ("system", "developer"):
-            text = text_of(msg.get("content"))
-            if text:
-                system.append(text)
-            continue
         if role == "user":
             parts = [p for p in map(_user_part, convert.parts_of(msg.get("content"))) if p]
         elif role == "assistant":
@@ -110,12 +105,8 @@ def _contents(messages: list[dict], model: str) -> tuple[list[str], list[dict]]:
             role, parts = "user", [_function_response(msg, names)]
         else:
             raise ClientError(f"gemini: message role {role!r} is not supported", param="messages")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": role, "parts": parts})
+        if parts:
+            convert.add_turn(contents, role, "parts", parts)
     if not contents:
         raise ClientError("gemini: at least one user message with content is required",
                           param="messages")

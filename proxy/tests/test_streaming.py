@@ -106,9 +106,13 @@ def test_a_client_that_disconnects_cancels_the_upstream_and_is_logged(gateway, f
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + master_key.encode() + b"\r\nx-smartflow-provider: " +
                      provider.encode() + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        sock.settimeout(10)
         head = b""
         while b"echo" not in head:  # the first text delta has arrived; then hang up
-            head += sock.recv(4096)
+            data = sock.recv(4096)
+            assert data and not head.startswith(b"HTTP/1.1 5"), head
+            head += data
+    assert head.startswith(b"HTTP/1.1 200"), head
     request_id = [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
                   if line.lower().startswith(b"x-smartflow-request-id")][0]
     assert fake_upstream.wait_for_disconnects(1, timeout=5)

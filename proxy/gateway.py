@@ -90,8 +90,7 @@ async def complete(call: Call, trace: Trace) -> dict:
     call.reply_body = reply.body
     response = call.provider.parse_response(reply.body)
     response = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion", "created": int(time.time()),
-                "model": call.route.client_model, **response}
-    response["model"] = call.route.client_model
+                **response, "model": call.route.client_model}
     _account(call, trace, response.get("usage"))
     trace.set(status_code=200, response=response)
     trace.stage("response_translation")

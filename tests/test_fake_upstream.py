@@ -17,7 +17,6 @@ from tests.fake_upstream import (
     PROMPT_TOKENS,
     TOOL_ARGUMENTS,
     TOTAL_TOKENS,
-    FakeUpstream,
     anthropic_error,
     gemini_error,
     openai_error,
@@ -31,17 +30,10 @@ WEATHER_TOOL_ANTHROPIC = {"name": "get_weather", "input_schema": {"type": "objec
 WEATHER_TOOL_GEMINI = {"functionDeclarations": [{"name": "get_weather"}]}
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeUpstream() as fake:
-        yield fake
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    yield server
-    server.reset()
+def fake(fake_upstream):
+    """The suite's fake server (root conftest), reset around each test."""
+    return fake_upstream
 
 
 def call(fake, provider, body, headers=None, model="gemini-2.5-flash", stream=False, **kwargs):

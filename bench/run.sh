@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                      # ~100 s: latency at c=1, req/s at c=64
 #   BENCH_DAPHNE=1 bench/run.sh       # + the same under daphne (manage.py serve --server daphne)
-#   BENCH_WORKERS2=1 bench/run.sh     # + uvicorn --workers 2
+#   BENCH_WORKERS2=1 bench/run.sh     # + manage.py serve --workers 2 (uses Redis at BENCH_REDIS_URL)
 #   BENCH_STREAM=1 bench/run.sh       # + streaming: bench/stream.py (TTFB, chunks/s, checks)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
 #   BENCH_PYSPY=1                     # py-spy profile of the gateway during the c=64 run
@@ -117,9 +117,10 @@ start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2
     case $flavour in
         uvicorn) setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
         daphne) setsid "$PY" manage.py serve --host 127.0.0.1 --server daphne >"$log" 2>&1 & ;;
-        uvicorn-w2) setsid "$ROOT/.venv/bin/uvicorn" smartflow.asgi:application --workers 2 \
-                        --host 127.0.0.1 --port "$GW_PORT" --loop uvloop --http httptools \
-                        --no-access-log --log-level warning >"$log" 2>&1 & ;;
+        # Several workers need Redis (shared counters); this machine's, under a bench-only prefix.
+        uvicorn-w2) REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}" CELERY_BROKER_URL= \
+                        SMARTFLOW_CACHE_PREFIX=smartflow-bench SMARTFLOW_METRICS_PREFIX=smartflow-bench:metrics \
+                        setsid "$PY" manage.py serve --host 127.0.0.1 --workers 2 >"$log" 2>&1 & ;;
     esac
     GW_PID=$!
     PIDS+=("$GW_PID")
@@ -233,7 +234,7 @@ measure uvicorn anthropic 64
 stop_gateway
 
 if [[ "${BENCH_WORKERS2:-0}" == 1 ]]; then
-    echo "uvicorn --workers 2:"
+    echo "manage.py serve --workers 2:"
     start_gateway uvicorn-w2
     preflight openai_request.json ""
     measure uvicorn-w2 openai 1

@@ -133,6 +133,8 @@ class StreamRelay:
                 closing = self.call.provider.finish_stream(self.state)
                 if not self.call.is_native:
                     await self._emit(closing)
+                elif closing:  # ended after message_delta without message_stop: close it the same way (§5.3)
+                    await self._write(self.writer.native({"type": "message_stop"}))
             except (UpstreamError, ClientError) as err:
                 await self._abort(err)
                 return

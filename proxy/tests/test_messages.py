@@ -206,3 +206,22 @@ def test_native_streams_forward_every_upstream_event(gateway, master_key, fake_u
     start = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
     assert start["message"]["model"] == "claude-sonnet-4-6"
     assert "[DONE]" not in "".join(lines)
+
+
+def test_a_native_stream_cut_after_message_delta_still_ends_with_message_stop(gateway, claude, fake_upstream):
+    events = [
+        {"type": "message_start", "message": {"id": "msg_cut", "type": "message", "role": "assistant",
+                                              "model": "claude-sonnet-4-6", "content": [], "stop_reason": None,
+                                              "stop_sequence": None, "usage": {"input_tokens": 4, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "almost"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+         "usage": {"output_tokens": 2}},
+    ]
+    fake_upstream.script(provider="anthropic", stream_events=events)
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    with httpx.stream("POST", gateway.proxy_url + "/v1/messages", json=body, timeout=30,
+                      headers={"x-api-key": claude.api_key}) as r:
+        names = [line.split(": ", 1)[1] for line in r.iter_lines() if line.startswith("event: ")]
+    assert names[-2:] == ["message_delta", "message_stop"]

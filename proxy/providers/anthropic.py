@@ -189,6 +189,24 @@ def _tools(chat: dict, body: dict, dropped: list[str]) -> None:
         body["tool_choice"] = tool_choice
 
 
+def _may_think(chat: dict, turns: list[dict], dropped: list[str]) -> bool:
+    """Thinking cannot be turned on where Anthropic would refuse it (§2.1, §6.9).
+
+    A tool loop must send the earlier turns' thinking blocks back, which the
+    OpenAI form cannot carry; and thinking allows only auto/none tool_choice.
+    """
+    if chat.get("reasoning_effort") in (None, "none"):
+        return True
+    has_tool_use = any(block.get("type") == "tool_use" for turn in turns if turn["role"] == "assistant"
+                       for block in turn["content"])
+    choice = chat.get("tool_choice")
+    is_forced = choice == "required" or isinstance(choice, dict)
+    if has_tool_use or (is_forced and chat.get("tools")):
+        dropped.append("reasoning_effort (tool history or forced tool_choice: thinking off)")
+        return False
+    return True
+
+
 def _thinking(chat: dict, model: str, body: dict, dropped: list[str]) -> bool:
     """reasoning_effort -> thinking (+ output_config.effort); True when thinking is on."""
     effort = chat.get("reasoning_effort")
@@ -268,7 +286,7 @@ class AnthropicProvider(Provider):
         if system:
             body["system"] = "\n\n".join(system)
         body["messages"] = turns
-        thinking = _thinking(chat, model, body, dropped)
+        thinking = _may_think(chat, turns, dropped) and _thinking(chat, model, body, dropped)
         _sampling(chat, model, thinking, body, dropped)
         stop = convert.stop_list(chat.get("stop"))
         if stop:

@@ -101,3 +101,26 @@ def test_it_maps_529_to_overloaded():
     error = anthropic.classify_error(529, {"type": "error", "error": {
         "type": "overloaded_error", "message": "Overloaded"}}, {})
     assert (error.kind, error.upstream_code) == ("overloaded", "overloaded_error")
+
+
+TOOL_LOOP = [{"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "18C"}]
+TOOLS = [{"type": "function", "function": {"name": "w", "parameters": {"type": "object"}}}]
+
+
+def test_thinking_stays_off_in_a_tool_loop_it_could_not_replay():
+    """Anthropic wants the earlier thinking blocks back in a tool loop; the OpenAI form has none (§6.9)."""
+    request = build(TOOL_LOOP, model="claude-sonnet-4-6", reasoning_effort="high", tools=TOOLS)
+    assert "thinking" not in request.body
+    assert any(d.startswith("reasoning_effort") for d in request.dropped)
+
+
+def test_thinking_stays_off_with_a_forced_tool_choice():
+    request = build([{"role": "user", "content": "x"}], reasoning_effort="high", tools=TOOLS, tool_choice="required")
+    assert "thinking" not in request.body and request.body["tool_choice"] == {"type": "any"}
+
+
+def test_thinking_is_on_for_a_plain_turn():
+    assert build([{"role": "user", "content": "x"}], reasoning_effort="high").body["thinking"]["type"] == "adaptive"

@@ -169,7 +169,7 @@ def test_anthropic_to_anthropic_keeps_what_the_openai_form_cannot_carry(gateway,
         "usage": {"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 100,
                   "cache_creation_input_tokens": 0}})
     raw = claude.messages.with_raw_response.create(
-        model="claude-opus-4-6", max_tokens=2048, thinking={"type": "enabled", "budget_tokens": 1024},
+        model="claude-opus-4-6", max_tokens=2048, thinking={"type": "adaptive"},
         system=[{"type": "text", "text": "long shared context", "cache_control": {"type": "ephemeral"}}],
         messages=[{"role": "user", "content": "hi"}], extra_headers={"anthropic-beta": "some-beta-2026"})
     message = raw.parse()
@@ -177,7 +177,7 @@ def test_anthropic_to_anthropic_keeps_what_the_openai_form_cannot_carry(gateway,
     assert message.content[0].signature == "sig-1" and message.id == "msg_native"
     sent = fake_upstream.last_request
     assert sent.json["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert sent.json["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert sent.json["thinking"] == {"type": "adaptive"}
     assert sent.headers["anthropic-beta"] == "some-beta-2026"
     assert sent.headers["x-api-key"] != claude.api_key
     log = gateway.log(raw.headers["x-smartflow-request-id"])

@@ -48,16 +48,13 @@ async def handle(client_format, scope, receive, send):
     except Exception as err:  # never a traceback to the client; the log and trace keep the cause
         log.exception("chat request failed")
         trace.set(error=repr(err))
-        await fail(client_format, send, trace, call,
-                   UpstreamError("server", f"Internal gateway error; see trace {trace.id}."), internal=True)
+        await fail(client_format, send, trace, call, RuntimeError(f"Internal gateway error; see trace {trace.id}."))
     finally:
         recorder.add(trace.record())
 
 
-async def fail(client_format, send, trace, call, err, internal=False):
+async def fail(client_format, send, trace, call, err):
     status, body, headers = client_format.error(err)
-    if internal:
-        status = 500
     trace.set(status_code=status)
     if not trace.fields.get("error"):
         trace.set(error=str(err))

@@ -223,3 +223,19 @@ def test_the_port_decides_which_urls_exist(gateway, master_key):
 def test_health_reports_database_and_cache(gateway):
     body = httpx.get(gateway.proxy_url + "/health").json()
     assert body["status"] == "ok" and body["database"]["ok"] and body["cache"]["ok"]
+
+
+def test_an_internal_failure_is_a_clean_500_with_a_vaslog(gateway, proxy_client, fake_upstream, monkeypatch):
+    from proxy.providers import PROVIDERS
+
+    def broken(body):
+        raise KeyError("a translation bug")
+
+    monkeypatch.setattr(PROVIDERS["openai"], "parse_response", broken)
+    r = proxy_client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["code"] == "internal_error" and r.headers["x-smartflow-request-id"] in error["message"]
+    assert "Traceback" not in r.text and "translation bug" not in r.text
+    log = gateway.log(r.headers["x-smartflow-request-id"])
+    assert log.status_code == 500 and "translation bug" in log.error

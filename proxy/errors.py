@@ -33,12 +33,15 @@ def from_upstream_error(err: UpstreamError) -> tuple[int, bytes]:
     return openai_error(status, err.message, type_, err.param, code)
 
 
+def openai_error_for(err: Exception) -> tuple[int, bytes]:
+    """Any failure -> (status, OpenAI error body); anything unforeseen is an internal error."""
+    if isinstance(err, UpstreamError):
+        return from_upstream_error(err)
+    if isinstance(err, ClientError):
+        return from_client_error(err)
+    return openai_error(500, str(err) or "Internal gateway error.", "api_error", code="internal_error")
+
+
 def openai_stream_error(err: Exception) -> bytes:
     """The in-band error line for a stream whose 200 status line already went out."""
-    if isinstance(err, UpstreamError):
-        _, body = from_upstream_error(err)
-    elif isinstance(err, ClientError):
-        _, body = from_client_error(err)
-    else:
-        _, body = openai_error(502, "The upstream stream failed.", "api_error", code="upstream_error")
-    return b"data: " + body + b"\n\n"
+    return b"data: " + openai_error_for(err)[1] + b"\n\n"

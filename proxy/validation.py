@@ -71,9 +71,8 @@ def check_message(i: int, message) -> None:
                           param=f"{where}.role")
     content = message.get("content")
     if content is None:
-        if role != "assistant" or not message.get("tool_calls"):
-            if role != "assistant":
-                raise ClientError(f"{where}.content is required for role '{role}'.", param=f"{where}.content")
+        if role != "assistant":  # an assistant turn may be only tool calls (or empty)
+            raise ClientError(f"{where}.content is required for role '{role}'.", param=f"{where}.content")
     elif not isinstance(content, (str, list)):
         raise ClientError(f"{where}.content must be a string or a list of content parts.",
                           param=f"{where}.content")

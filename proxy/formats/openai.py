@@ -1,6 +1,5 @@
 """The OpenAI Chat Completions client format: the internal form itself, plus its errors and stream framing."""
-from proxy.errors import from_client_error, from_upstream_error, openai_error, openai_stream_error
-from proxy.providers.base import ClientError, UpstreamError
+from proxy.errors import openai_error_for, openai_stream_error
 from proxy.sse import DONE, data_line
 from proxy.validation import parse_chat
 
@@ -17,12 +16,7 @@ class OpenAIClient:
         return response
 
     def error(self, err: Exception) -> tuple[int, bytes, dict[str, str]]:
-        if isinstance(err, ClientError):
-            status, body = from_client_error(err)
-        elif isinstance(err, UpstreamError):
-            status, body = from_upstream_error(err)
-        else:
-            status, body = openai_error(500, str(err), "api_error", code="internal_error")
+        status, body = openai_error_for(err)
         retry_after = getattr(err, "retry_after", None)
         return status, body, ({"retry-after": str(retry_after)} if retry_after is not None else {})
 

@@ -78,9 +78,15 @@ def max_tokens(chat: dict) -> int | None:
     return chat.get("max_tokens") if value is None else value
 
 
-def renamed(chat: dict, names: dict[str, str]) -> dict:
-    """The set values of chat's keys in names, under the provider's names for them."""
-    return {name: chat[key] for key, name in names.items() if chat.get(key) is not None}
+def sampling(chat: dict, names: dict[str, str], max_tokens_name: str, stop_name: str) -> dict:
+    """The client's sampling knobs, output cap and stop list under the provider's names."""
+    out = {name: chat[key] for key, name in names.items() if chat.get(key) is not None}
+    if max_tokens(chat) is not None:
+        out[max_tokens_name] = max_tokens(chat)
+    stop = stop_list(chat.get("stop"))
+    if stop:
+        out[stop_name] = stop
+    return out
 
 
 def stop_list(stop: Any) -> list[str]:

@@ -160,12 +160,7 @@ def _thinking(effort: str, model: str, dropped: list[str]) -> dict | None:
 
 
 def _generation_config(chat: dict, model: str, dropped: list[str]) -> dict:
-    config: dict[str, Any] = convert.renamed(chat, _GENERATION)
-    if convert.max_tokens(chat) is not None:
-        config["maxOutputTokens"] = convert.max_tokens(chat)
-    stop = convert.stop_list(chat.get("stop"))
-    if stop:
-        config["stopSequences"] = stop
+    config: dict[str, Any] = convert.sampling(chat, _GENERATION, "maxOutputTokens", "stopSequences")
     fmt = chat.get("response_format") or {}
     if fmt.get("type") in ("json_object", "json_schema"):
         config["responseMimeType"] = "application/json"

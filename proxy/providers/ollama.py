@@ -73,13 +73,7 @@ def _messages(messages: list[dict]) -> list[dict]:
 
 
 def _options(chat: dict) -> dict:
-    options: dict[str, Any] = convert.renamed(chat, _OPTIONS)
-    if convert.max_tokens(chat) is not None:
-        options["num_predict"] = convert.max_tokens(chat)
-    stop = convert.stop_list(chat.get("stop"))
-    if stop:
-        options["stop"] = stop
-    return options
+    return convert.sampling(chat, _OPTIONS, "num_predict", "stop")
 
 
 def _tool_calls(message: dict) -> list[dict]:

@@ -64,27 +64,27 @@ def _clamp_effort(effort: str, allowed: set[str]) -> str:
     return effort
 
 
+def _move_token_field(body: dict, source: str, target: str, dropped: list[str]) -> None:
+    """The model family takes only `target`; the client's `source` value moves there (§5.6)."""
+    if source not in body:
+        return
+    value = body.pop(source)
+    if body.get(target) is None:
+        body[target] = value
+        dropped.append(f"{source}->{target}")
+    else:
+        dropped.append(source)
+
+
 def _fix_for_family(body: dict, model: str, dropped: list[str]) -> None:
     family, minor = _family(model)
     if family == "classic":
-        if "max_completion_tokens" in body:
-            value = body.pop("max_completion_tokens")
-            if body.get("max_tokens") is None:
-                body["max_tokens"] = value
-                dropped.append("max_completion_tokens->max_tokens")
-            else:
-                dropped.append("max_completion_tokens")
+        _move_token_field(body, "max_completion_tokens", "max_tokens", dropped)
         if body.pop("reasoning_effort", None) is not None:
             dropped.append("reasoning_effort")
         return
 
-    if "max_tokens" in body:
-        value = body.pop("max_tokens")
-        if body.get("max_completion_tokens") is None:
-            body["max_completion_tokens"] = value
-            dropped.append("max_tokens->max_completion_tokens")
-        else:
-            dropped.append("max_tokens")
+    _move_token_field(body, "max_tokens", "max_completion_tokens", dropped)
     if family == "chat_latest":
         return  # chat-latest models take sampling parameters
 

@@ -40,7 +40,7 @@ def _tier_table():
     try:
         return routing.table.get_sync()
     except Exception:  # no database (or called from the event loop): the last snapshot, if any
-        return routing.table._value
+        return routing.table.last()
 
 
 def increments(records) -> dict[str, float]:

@@ -52,5 +52,9 @@ class Snapshot(Generic[T]):
         self._value = value
         self._expires = time.monotonic() + settings.SMARTFLOW_CONFIG_TTL
 
+    def last(self) -> T | None:
+        """The last value loaded, however old, without loading (None before the first load)."""
+        return self._value
+
     def invalidate(self):
         self._expires = 0.0

@@ -6,6 +6,8 @@
 #   BENCH_DAPHNE=1 bench/run.sh       # + the same under daphne (manage.py serve --server daphne)
 #   BENCH_WORKERS2=1 bench/run.sh     # + manage.py serve --workers 2 (uses Redis at BENCH_REDIS_URL)
 #   BENCH_STREAM=1 bench/run.sh       # + streaming: bench/stream.py (TTFB, chunks/s, checks)
+#   BENCH_SOAK=1 bench/run.sh         # + memory: two 60 s soaks at c=64 back to back, RSS after each
+#   BENCH_SOAK_ONLY=1 bench/run.sh    # the soak alone (BENCH_SOAK_SECONDS, default 60)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
 #   BENCH_PYSPY=1                     # py-spy profile of the gateway during the c=64 run
 #                                     # (BENCH_PYSPY_FORMAT=speedscope|flamegraph|raw; py-spy is
@@ -217,7 +219,39 @@ profile_during() {  # py-spy on the gateway while a measurement runs (BENCH_PYSP
     fi
 }
 
+group_rss_kib() {  # resident memory of every live process in process group $1, in KiB
+    local total=0 pid
+    for pid in $(ps -o pid= -g "$1" 2>/dev/null); do
+        total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+# soak: a short warm-up, then two long runs at c=64; RSS after each. The second must not grow.
+soak() {
+    local secs=${BENCH_SOAK_SECONDS:-60} first second warm RESULTS="$TMP/soak-runs.tsv"
+    echo "soak (c=$CN_CONNS, 10 s warm-up, then 2 x ${secs} s):"
+    start_gateway uvicorn
+    preflight openai_request.json ""
+    DURATION=10 wrk_run uvicorn openai 64 record
+    warm=$(group_rss_kib "$GW_PID")
+    DURATION=$secs wrk_run uvicorn openai 64 record
+    first=$(group_rss_kib "$GW_PID")
+    DURATION=$secs wrk_run uvicorn openai 64 record
+    second=$(group_rss_kib "$GW_PID")
+    stop_gateway
+    printf 'soak\trss_kib\t%s\t%s\t%s\n' "$warm" "$first" "$second" >>"$TMP/soak.tsv"
+    awk -v w="$warm" -v a="$first" -v b="$second" 'BEGIN {
+        printf "  RSS after the 10 s warm-up %.1f MiB, after soak 1 %.1f MiB, after soak 2 %.1f MiB (%+.1f MiB)\n",
+               w / 1024, a / 1024, b / 1024, (b - a) / 1024 }' | tee "$TMP/soak.txt"
+}
+
 echo "bench: nginx on :$NGINX_PORT (stream :$STREAM_PORT), gateway on :$GW_PORT; ${DURATION} s per run"
+if [[ "${BENCH_SOAK_ONLY:-0}" == 1 ]]; then
+    soak
+    mkdir -p "$RESULTS_DIR"; cp "$TMP/soak.txt" "$RESULTS_DIR/soak-latest.txt"
+    exit 0
+fi
 start_gateway uvicorn
 preflight openai_request.json ""
 preflight openai_request.json anthropic
@@ -251,6 +285,8 @@ if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
     measure daphne anthropic 64
     stop_gateway
 fi
+
+[[ "${BENCH_SOAK:-0}" == 1 ]] && soak
 
 STREAM_STATUS=0
 if [[ "${BENCH_STREAM:-0}" == 1 ]]; then
@@ -291,6 +327,9 @@ EOF
 mkdir -p "$RESULTS_DIR"
 "$PY" "$BENCH/report.py" summary "$RESULTS" "$TMP/meta.json" | tee "$RESULTS_DIR/latest.txt"
 cp "$RESULTS" "$RESULTS_DIR/latest.tsv"
+if [[ -f "$TMP/soak.txt" ]]; then
+    { echo; cat "$TMP/soak.txt"; } | tee -a "$RESULTS_DIR/latest.txt"
+fi
 if [[ -f "$TMP/stream.txt" ]]; then  # BENCH_STREAM=1: the streaming table after the summary
     { echo; cat "$TMP/stream.txt"; } | tee -a "$RESULTS_DIR/latest.txt"
     [[ -f "$TMP/stream.json" ]] && cp "$TMP/stream.json" "$RESULTS_DIR/stream-latest.json"

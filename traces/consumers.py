@@ -21,20 +21,18 @@ def same_origin(scope) -> bool:
     return urlsplit(origin.decode("latin-1")).netloc == host
 
 
-async def is_signed_in(scope) -> bool:
-    """A user from the session, and, for a session opened with a key, that key still works."""
-    user, session = scope.get("user"), scope.get("session")
-    if user is None or not user.is_authenticated or session is None:
-        return False
-    return await ais_key_live(await session.aget(SESSION_KEY))
-
-
 class TracesConsumer(AsyncJsonWebsocketConsumer):
     groups = []
     teams: frozenset[str] | None = frozenset()  # whose rows this dashboard gets; None: every team's
+    key_digest: str | None = None  # the session was opened with this key (sso/sessions.py)
 
     async def connect(self):
-        if not same_origin(self.scope) or not await is_signed_in(self.scope):
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is None or not user.is_authenticated or session is None or not same_origin(self.scope):
+            await self.close(code=4403)
+            return
+        self.key_digest = await session.aget(SESSION_KEY)
+        if not await ais_key_live(self.key_digest):
             await self.close(code=4403)
             return
         self.teams = await database_sync_to_async(visible_teams)(self.scope["user"])
@@ -50,6 +48,9 @@ class TracesConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(live.GROUP, self.channel_name)
 
     async def traces_batch(self, event):
+        if not await ais_key_live(self.key_digest):  # cached: a dict look-up until the TTL runs out
+            await self.close(code=4401)
+            return
         rows = event["rows"]
         if self.teams is not None:
             rows = [row for row in rows if row["team"] in self.teams]

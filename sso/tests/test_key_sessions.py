@@ -126,3 +126,24 @@ def test_the_sync_middleware_path_signs_out_too(db, short_ttl, admin_key, master
     time.sleep(TTL + 0.1)
     assert client.get("/dashboard/traces.html").status_code == 302
     assert client.get("/api/vas/logs").status_code in (401, 403)
+
+
+def test_an_open_socket_closes_once_its_key_is_revoked(gateway, short_ttl, admin_key, proxy_client):
+    from websockets.exceptions import ConnectionClosed
+
+    key, raw = admin_key
+    url = gateway.management_url.replace("http://", "ws://") + "/ws/traces"
+    with signed_in(gateway, raw) as client:
+        cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME]}"
+        with connect(url, additional_headers={"Cookie": cookie}, open_timeout=10) as ws:
+            assert ws.recv(timeout=10)  # hello
+            key.revoked_at = timezone.now()
+            key.save()
+            time.sleep(TTL + 0.1)
+            chat = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "after revocation"}]}
+            assert proxy_client.post("/v1/chat/completions", json=chat).status_code == 200
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    message = ws.recv(timeout=10)
+                    assert "after revocation" not in message and '"rows"' not in message
+            assert closed.value.rcvd.code == 4401

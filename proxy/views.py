@@ -122,7 +122,7 @@ async def models(request):
     tiers = await routing.table.get()
     # What the key is served under each name: a restricted team's own names (also those the table
     # lacks), else the table; a name is listed when the model it routes to is allowed.
-    names = principal.allowed_models if principal.allowed_models and not principal.is_master else tiers.entries
+    names = principal.allowed_models or tiers.entries
     data = []
     for name in sorted(set(names)):
         try:

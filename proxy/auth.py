@@ -22,11 +22,13 @@ class Principal:
     is_master: bool = False
     is_admin: bool = False
 
-    def may_use(self, *models: str) -> bool:
-        """Allowed when the team allows every model, or names any of these."""
-        if self.is_master or not self.allowed_models:
-            return True
-        return any(m in self.allowed_models for m in models)
+    def may_use(self, upstream_model: str) -> bool:
+        """Whether the team may be served this model: the one the upstream is actually called with.
+
+        The client's name alone never decides it: `x-smartflow-provider` or a
+        `provider/` prefix can turn an allowed name into another model.
+        """
+        return self.is_master or not self.allowed_models or upstream_model in self.allowed_models
 
 
 # key hash -> (expires, Principal or None); negative answers are cached too so a

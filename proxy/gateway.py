@@ -43,11 +43,12 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     route = routing.route(chat["model"], headers.get("x-smartflow-provider"), tiers)
     trace.set(client_model=chat["model"], provider=route.provider,
               upstream_model=route.upstream_model, routing=route.as_record())
-    requested = chat["model"].partition("/")[2] or chat["model"]
-    if not principal.may_use(requested, route.upstream_model):
-        raise ClientError(f"Model '{chat['model']}' is not allowed for team '{principal.team}'. "
-                          f"Allowed: {', '.join(principal.allowed_models)}.",
-                          status=403, param="model", code="model_not_allowed")
+    if not principal.may_use(route.upstream_model):
+        served = "" if route.upstream_model == chat["model"] else \
+            f" (routed to {route.provider}/{route.upstream_model})"
+        raise ClientError(f"Model '{chat['model']}'{served} is not allowed for team '{principal.team}'. "
+                          f"Allowed: {', '.join(principal.allowed_models)} (the model the provider is called "
+                          "with must be one of them).", status=403, param="model", code="model_not_allowed")
     trace.stage("routing")
     keys = await provider_keys.get()
     key = keys.get(route.provider)

@@ -120,6 +120,15 @@ async def models(request):
                                     code="invalid_api_key")
         return JsonResponse(orjson.loads(body), status=status)
     tiers = await routing.table.get()
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
-            for name, entry in sorted(tiers.entries.items()) if principal.may_use(name)]
+    # What the key is served under each name: a restricted team's own names (also those the table
+    # lacks), else the table; a name is listed when the model it routes to is allowed.
+    names = principal.allowed_models or tiers.entries
+    data = []
+    for name in sorted(set(names)):
+        try:
+            route = routing.route(name, None, tiers)
+        except ClientError:
+            continue  # no provider serves this name by itself
+        if principal.may_use(route.upstream_model):
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": route.provider})
     return JsonResponse({"object": "list", "data": data})

@@ -121,6 +121,7 @@ MIDDLEWARE = [
     "smartflow.ports.PortUrlconfMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "sso.sessions.KeySessionMiddleware",  # before auth: a revoked key's session is signed out
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

@@ -98,3 +98,14 @@ def team_as_dict(team: Team) -> dict:
             "allowed_models": list(team.allowed_models or []),
             "members": sorted(m.username for m in team.members.all()),
             "last_synced": team.last_synced.isoformat() if team.last_synced else None}
+
+
+def visible_teams(user) -> frozenset[str] | None:
+    """The team names whose traffic this user may read; None: every team's (staff, master and admin keys).
+
+    The database membership decides, not a JWT's `teams` claim: a user removed
+    from a team stops seeing it at once, whatever token they still hold.
+    """
+    if user.is_staff or user.is_superuser:
+        return None
+    return frozenset(Team.objects.filter(members=user).values_list("name", flat=True))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from django.contrib.auth import get_user_model, login, logout
+from django.contrib.auth import get_user_model, logout
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -14,6 +14,7 @@ from proxy.auth import authenticate_sync
 
 from . import config as sso_config
 from .flow import LOGIN_PAGE, SESSION_BACKEND
+from .sessions import sign_in_with_key
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,15 @@ def sso_login_page(request):
                  for p in config.providers]
     context = {"providers": providers, "next": _next(request), "key_error": ""}
     if request.method == "POST":
-        principal = authenticate_sync(request.POST.get("api_key", "").strip())
+        raw_key = request.POST.get("api_key", "").strip()
+        principal = authenticate_sync(raw_key)
         if principal is None or not principal.is_admin:
             log.warning("Dashboard key sign-in refused")
             context["key_error"] = ("That key was not accepted: use the master key or an admin key "
                                     "(a team's ordinary key cannot open the dashboard).")
             return render(request, "dashboard/sso_login.html", context, status=401)
-        login(request, _key_user(principal), backend=SESSION_BACKEND)
+        # The session ends with the key (revoked, or a new master key): sso/sessions.py.
+        sign_in_with_key(request, _key_user(principal), raw_key, SESSION_BACKEND)
         return HttpResponseRedirect(_next(request))
     return render(request, "dashboard/sso_login.html", context)
 

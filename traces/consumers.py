@@ -1,8 +1,12 @@
-"""WebSocket /ws/traces (management port): new trace rows for signed-in dashboards."""
+"""WebSocket /ws/traces (management port): new trace rows for signed-in dashboards, each its teams' rows."""
 import asyncio
 from urllib.parse import urlsplit
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from sso.sessions import SESSION_KEY, ais_key_live
+from sso.teams import visible_teams
 
 from . import live
 
@@ -19,12 +23,19 @@ def same_origin(scope) -> bool:
 
 class TracesConsumer(AsyncJsonWebsocketConsumer):
     groups = []
+    teams: frozenset[str] | None = frozenset()  # whose rows this dashboard gets; None: every team's
+    key_digest: str | None = None  # the session was opened with this key (sso/sessions.py)
 
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated or not same_origin(self.scope):
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is None or not user.is_authenticated or session is None or not same_origin(self.scope):
             await self.close(code=4403)
             return
+        self.key_digest = await session.aget(SESSION_KEY)
+        if not await ais_key_live(self.key_digest):
+            await self.close(code=4403)
+            return
+        self.teams = await database_sync_to_async(visible_teams)(self.scope["user"])
         live.consumer_joined(asyncio.get_running_loop())
         await self.channel_layer.group_add(live.GROUP, self.channel_name)
         self.joined = True
@@ -37,4 +48,11 @@ class TracesConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(live.GROUP, self.channel_name)
 
     async def traces_batch(self, event):
-        await self.send_json({"type": "rows", "rows": event["rows"]})
+        if not await ais_key_live(self.key_digest):  # cached: a dict look-up until the TTL runs out
+            await self.close(code=4401)
+            return
+        rows = event["rows"]
+        if self.teams is not None:
+            rows = [row for row in rows if row["team"] in self.teams]
+        if rows:
+            await self.send_json({"type": "rows", "rows": rows})

@@ -33,6 +33,8 @@ class VASLog(models.Model):
         # or id so keyset pages seek instead of scanning.
         indexes = [
             models.Index(fields=["-timestamp", "-id"], name="vaslog_newest"),
+            # A team member's list (traces/queries.py in_teams): one team is a seek, newest first.
+            models.Index(fields=["team", "-timestamp", "-id"], name="vaslog_team_newest"),
             models.Index(fields=["provider", "-timestamp", "-id"], name="vaslog_provider_newest"),
             models.Index(fields=["cache", "-timestamp", "-id"], name="vaslog_cache_newest"),
             models.Index(fields=["provider", "cache", "-timestamp", "-id"], name="vaslog_provider_cache_newest"),

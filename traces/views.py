@@ -5,9 +5,10 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from proxy.routing import PROVIDER_NAMES
+from sso.teams import visible_teams
 
 from .models import VASLog, as_dict
-from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs
+from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs, in_teams
 from .recorder import recorder
 
 LOGIN_URL = "/dashboard/sso_login.html"
@@ -16,7 +17,7 @@ LOGIN_URL = "/dashboard/sso_login.html"
 @api_view(["GET"])
 def log_list(request):
     try:
-        page = filter_logs(request.query_params)
+        page = filter_logs(request.query_params, visible_teams(request.user))
     except BadQuery as err:
         return Response({"success": False, "error": str(err)}, status=400)
     return Response(page.as_body())
@@ -24,10 +25,12 @@ def log_list(request):
 
 @api_view(["GET"])
 def log_detail(request, log_id: str):
-    log = VASLog.objects.filter(pk=log_id).first()
+    teams = visible_teams(request.user)
+    log = in_teams(VASLog.objects.filter(pk=log_id), teams).first()
     if log is None:
         pending = recorder.find(log_id)
-        if pending is None:
+        # Another team's trace answers exactly as a missing one: ids are not to be probed.
+        if pending is None or not (teams is None or pending.get("team") in teams):
             return Response({"success": False, "error": f"No VAS log with id '{log_id}'."}, status=404)
         log = VASLog(**pending)
     return Response({"success": True, "data": as_dict(log)})
@@ -41,7 +44,7 @@ def traces_page(request):
         error = ""
     except BadQuery as err:
         params, error = ListParams(), str(err)
-    page = filter_logs(params)
+    page = filter_logs(params, visible_teams(request.user))
     return render(request, "dashboard/traces.html", {
         "page": page, "body": page.as_body(), "params": params, "error": error,
         "providers": PROVIDER_NAMES, "cache_values": CACHE_VALUES, "nav": "traces",

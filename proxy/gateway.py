@@ -229,6 +229,7 @@ class DisconnectWatch:
 
     def __exit__(self, *exc_info):
         waiter, self.waiter = self.waiter, None
+        waiter.remove_done_callback(self._heard)
         waiter.cancel()
         if self.gone:
             self.task.uncancel()  # the cancellation was ours and is handled

@@ -123,6 +123,17 @@ def test_a_200_not_in_the_providers_format_is_a_502_naming_it(gateway, proxy_cli
     assert log.status_code == 502 and log.error == error["message"]
 
 
+@pytest.mark.parametrize("body", [[1, 2], "<html>It works!</html>"])
+@pytest.mark.parametrize("path,request_body", [("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGES)])
+def test_a_200_that_is_not_a_json_object_is_a_502_naming_the_provider(gateway, proxy_client, fake_upstream, body,
+                                                                      path, request_body):
+    fake_upstream.script("openai", body=body)
+    r = proxy_client.post(path, json=request_body, headers=pinned("openai"))
+    message = "openai: the provider answered with a body that is not a JSON object."
+    assert r.status_code == 502 and message in r.text
+    assert log_of(gateway, r).status_code == 502
+
+
 @pytest.mark.parametrize("provider,event", [
     ("openai", {"choices": "none"}), ("openai", "data: [1, 2]\n\n"), ("openai", "data: {not json\n\n"),
     ("anthropic", {"type": "content_block_delta", "delta": "hi"}),

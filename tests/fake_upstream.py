@@ -69,7 +69,7 @@ class Script:
     stream_events: list[Any] | None = None
     hang: bool = False
     fail_mid_stream: bool | int = False  # True: half way; n: after n events (the body, if not streamed)
-    stall_mid_stream: bool | int = False  # as fail_mid_stream, but then hang until the client leaves
+    stall_mid_stream: bool | int = False  # streams: as fail_mid_stream, but hang until the client leaves
     reset: bool = False  # cut or drop with a TCP reset instead of a clean close
     # Close the connection as the request arrives, unanswered and unread (counted
     # in `dropped`, not `requests`): a keep-alive connection the server closed

@@ -12,6 +12,7 @@ _OPENAI = {
     "rate_limited": (429, "rate_limit_error", "rate_limit_exceeded"),
     "overloaded": (502, "api_error", "upstream_overloaded"),
     "server": (502, "api_error", "upstream_error"),
+    "bad_response": (502, "api_error", "upstream_error"),
     "unavailable": (502, "api_error", "upstream_unavailable"),
     "timeout": (504, "timeout_error", "upstream_timeout"),
 }

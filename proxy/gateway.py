@@ -12,7 +12,8 @@ from . import routing, upstream
 from .auth import Principal
 from .keystore import provider_keys
 from .providers import PROVIDERS
-from .providers.base import ClientError, Provider, StreamState, UpstreamError, UpstreamRequest
+from .providers.base import (SHAPE_ERRORS, ClientError, Provider, StreamState, UpstreamError, UpstreamRequest,
+                             malformed)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ async def complete(call: Call, trace: Trace) -> dict:
     trace.stages.append({"name": "upstream_ttfb", "ms": round(reply.ttfb_s * 1000, 3)})
     trace.stage("upstream_total", upstream=True)
     call.reply_body = reply.body
-    response = call.provider.parse_response(reply.body)
+    try:
+        response = call.provider.parse_response(reply.body)
+    except SHAPE_ERRORS as exc:
+        log.warning("%s answered in an unknown shape", call.provider.name, exc_info=True)
+        raise malformed(call.provider.name, "answer", exc) from exc
     response = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion", "created": int(time.time()),
                 **response, "model": call.route.client_model}
     _account(call, trace, response.get("usage"))
@@ -102,7 +107,7 @@ class StreamRelay:
     """Translates an upstream stream into the client's format, forwarding each event as it arrives."""
 
     def __init__(self, call: Call, trace: Trace, send, client_format):
-        self.call, self.trace, self.send = call, trace, send
+        self.call, self.trace, self.send, self.client_format = call, trace, send, client_format
         self.state = StreamState()
         base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": call.route.client_model}
@@ -112,6 +117,7 @@ class StreamRelay:
         self.translate_s = 0.0
 
     async def run(self, start_response):
+        failure = None
         async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
             self.trace.stages.append({"name": "upstream_ttfb", "ms": round(ttfb * 1000, 3)})
             self.trace.upstream_s += ttfb
@@ -122,7 +128,12 @@ class StreamRelay:
                 async for event in events:
                     now = time.perf_counter()
                     self.trace.upstream_s += now - waited
-                    chunks = self.call.provider.parse_stream_event(event, self.state)
+                    try:
+                        chunks = self.call.provider.parse_stream_event(event, self.state)
+                    except SHAPE_ERRORS as exc:
+                        log.warning("%s streamed an event of unknown shape", self.call.provider.name,
+                                    exc_info=True)
+                        raise malformed(self.call.provider.name, "stream event", exc) from exc
                     if self.call.is_native:
                         for chunk in chunks:
                             self._collect(chunk)  # for the trace; the client gets the event itself
@@ -137,18 +148,17 @@ class StreamRelay:
                 elif closing:  # ended after message_delta without message_stop: close it the same way (§5.3)
                     await self._write(self.writer.native({"type": "message_stop"}))
             except (UpstreamError, ClientError) as err:
-                await self._abort(err)
-                return
+                failure = err
             except Exception:  # a translation bug must still end the stream in-band
                 log.exception("stream translation failed")
-                await self._abort(UpstreamError("server", "The gateway could not translate the stream."))
-                return
-        await self._write(self.writer.end(self.state.usage), more=False)
-        self.finish(200)
-
-    async def _abort(self, err: Exception):
-        self.fail(err)
-        await self._write(self.writer.error(err), more=False)
+                failure = UpstreamError("server", "The gateway could not translate the stream.")
+        # The upstream connection is closed by now; the last write ends the response.
+        if failure is not None:
+            self.fail(failure)
+            await self._write(self.writer.error(failure), more=False)
+        else:
+            await self._write(self.writer.end(self.state.usage), more=False)
+            self.finish(200)
 
     async def _emit(self, chunks: list[dict]):
         for chunk in chunks:
@@ -196,14 +206,44 @@ class StreamRelay:
         self.trace.set(status_code=status, response=self.message(), error=error)
 
     def fail(self, err: Exception):
-        self.finish(err.status if isinstance(err, ClientError) else 502, str(err))
+        # The status the client would have got before the stream began (a timeout is a 504).
+        self.finish(self.client_format.error(err)[0], str(err))
 
 
-async def watch_disconnect(receive, on_disconnect):
-    """Waits for the client to go away (the body is already read) and reports it."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            on_disconnect()
+class DisconnectWatch:
+    """While in the block, a client that goes away cancels the task serving it, and with
+    it the upstream call (which is billed whether or not anyone waits for the answer).
+
+    The request body must be read already. `gone` tells this cancellation from others.
+    It costs one pending receive() per request, cancelled on leaving the block.
+    """
+
+    def __init__(self, receive):
+        self.receive = receive
+        self.task = asyncio.current_task()
+        self.gone = False
+        self.waiter: asyncio.Future | None = None
+
+    def __enter__(self) -> "DisconnectWatch":
+        self._listen()
+        return self
+
+    def __exit__(self, *exc_info):
+        waiter, self.waiter = self.waiter, None
+        waiter.remove_done_callback(self._heard)
+        waiter.cancel()
+        if self.gone:
+            self.task.uncancel()  # the cancellation was ours and is handled
+
+    def _listen(self):
+        self.waiter = asyncio.ensure_future(self.receive())
+        self.waiter.add_done_callback(self._heard)
+
+    def _heard(self, waiter: asyncio.Future):
+        if waiter is not self.waiter or waiter.cancelled() or waiter.exception() is not None:
             return
-        await asyncio.sleep(0)
+        if waiter.result()["type"] == "http.disconnect":
+            self.gone = True
+            self.task.cancel()
+        else:
+            self._listen()

@@ -5,6 +5,7 @@ transport is aiohttp's (httpx-aiohttp), which holds up (see the core issue's
 measurements and bench/).
 """
 import asyncio
+import errno
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -15,8 +16,20 @@ import orjson
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
 
-from .providers.base import Provider, UpstreamError, UpstreamRequest
+from .providers.base import Provider, UpstreamError, UpstreamRequest, malformed
 from .sse import iter_events
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Counts the connections it opens: a call during which none was opened ran on a pooled one."""
+
+    opened = 0
+
+    async def _create_connection(self, req, traces, timeout):
+        protocol = await super()._create_connection(req, traces, timeout)
+        _Connector.opened += 1
+        return protocol
+
 
 class UpstreamClient(httpx.AsyncClient):
     """The shared client. Provider calls go straight to its transport.
@@ -39,12 +52,15 @@ class UpstreamClient(httpx.AsyncClient):
 
     @staticmethod
     def _session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS,
-                                         limit_per_host=0, keepalive_timeout=30)
+        connector = _Connector(limit=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS,
+                               limit_per_host=0, keepalive_timeout=30)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     async def post_json(self, url: str, headers: dict[str, str], body: dict) -> httpx.Response:
-        """Sends the request and returns once the headers are in; the body streams."""
+        """Sends the request and returns once the headers are in; the body streams.
+
+        A call that failed without reaching the provider is sent once more.
+        """
         parsed = self._urls.get(url)
         if parsed is None:
             if len(self._urls) > 1000:
@@ -52,7 +68,33 @@ class UpstreamClient(httpx.AsyncClient):
             parsed = self._urls[url] = httpx.URL(url)
         request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body),
                                 extensions={"timeout": self._timeout_ext})
+        opened = _Connector.opened
+        try:
+            return await self._transport.handle_async_request(request)
+        except httpx.TransportError as exc:
+            if not _never_sent(exc.__cause__, pooled=_Connector.opened == opened):
+                raise
         return await self._transport.handle_async_request(request)
+
+
+_RESET = (errno.ECONNRESET, errno.EPIPE)
+
+
+def _never_sent(cause: BaseException | None, pooled: bool) -> bool:
+    """Whether a failed call is safe to send again: it did not reach the provider.
+
+    Either no connection could be opened, or a pooled connection was closed or
+    reset before a byte of an answer, which is what the provider closing it (its
+    keep-alive ran out) just as the call reused it looks like. A fresh connection
+    failing so may have carried a request the provider took: not sent again.
+    """
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return True
+    if not pooled:
+        return False
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return isinstance(cause.message, str)  # else aiohttp put the part of an answer it got there
+    return isinstance(cause, aiohttp.ClientOSError) and cause.errno in _RESET
 
 
 _client: UpstreamClient | None = None
@@ -87,14 +129,30 @@ def _decode(raw: bytes):
 
 
 def _failure(provider: Provider, exc: Exception) -> UpstreamError:
-    # httpx-aiohttp reports a refused connection as ConnectTimeout; the cause tells.
-    refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
-        exc.__cause__, aiohttp.ServerTimeoutError)
-    if not refused and isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
-        return UpstreamError("timeout", f"{provider.name}: no answer within the timeout "
+    """A transport failure, told as what happened.
+
+    httpx-aiohttp maps every aiohttp connection error to ConnectTimeout (a refused
+    or dropped connection too), so the aiohttp exception it chains is what tells.
+    """
+    cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
+    name = provider.name
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return UpstreamError("timeout", f"{name}: could not connect to the provider within "
+                             f"{settings.SMARTFLOW_UPSTREAM_CONNECT_TIMEOUT:g} s.")
+    if isinstance(cause, (TimeoutError, httpx.TimeoutException)):  # ours, or aiohttp's read timeout
+        return UpstreamError("timeout", f"{name}: no complete answer within the timeout "
                              f"({settings.SMARTFLOW_UPSTREAM_TIMEOUT:g} s).")
-    return UpstreamError("unavailable", f"{provider.name}: could not reach the provider "
-                         f"({type(exc).__name__}). Check SMARTFLOW_{provider.name.upper()}_BASE_URL.")
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return UpstreamError("unavailable", f"{name}: could not connect to the provider "
+                             f"({type(cause.os_error).__name__}). Check SMARTFLOW_{name.upper()}_BASE_URL.")
+    if isinstance(cause, aiohttp.ClientPayloadError):
+        return UpstreamError("bad_response", f"{name}: the answer was cut off: the connection broke in the "
+                             "middle of it.")
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return UpstreamError("unavailable", f"{name}: the provider closed the connection without answering.")
+    if getattr(cause, "errno", None) in _RESET:
+        return UpstreamError("unavailable", f"{name}: the provider reset the connection.")
+    return UpstreamError("unavailable", f"{name}: the call to the provider failed ({type(cause).__name__}).")
 
 
 async def send(provider: Provider, req: UpstreamRequest) -> Reply:
@@ -114,8 +172,8 @@ async def send(provider: Provider, req: UpstreamRequest) -> Reply:
     if response.status_code >= 400:
         raise provider.classify_error(response.status_code, body, dict(response.headers))
     if not isinstance(body, dict):
-        raise UpstreamError("server", f"{provider.name}: the provider answered with a body that is not JSON.",
-                            upstream_status=response.status_code)
+        raise UpstreamError("bad_response", f"{provider.name}: the provider answered with a body that is not a "
+                            "JSON object.", upstream_status=response.status_code)
     return Reply(response.status_code, body, ttfb)
 
 
@@ -156,5 +214,7 @@ async def _guard(provider: Provider, events, deadline: float):
         except (httpx.HTTPError, OSError) as exc:
             raise _failure(provider, exc) from exc
         except orjson.JSONDecodeError as exc:
-            raise UpstreamError("server", f"{provider.name}: the stream carried an event that is not JSON.") from exc
+            raise malformed(provider.name, "stream event", exc) from exc
+        if not isinstance(event, dict):
+            raise malformed(provider.name, "stream event", TypeError(f"{type(event).__name__}, not an object"))
         yield event

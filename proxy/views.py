@@ -38,9 +38,7 @@ async def handle(client_format, scope, receive, send):
         call = await gateway.prepare(chat, request.headers, principal, trace, native, client_format.native_provider)
         if call.is_stream:
             return await relay(client_format, call, trace, receive, send)
-        response = await gateway.complete(call, trace)
-        response = call.native_reply() if call.is_native else client_format.respond(response, chat["model"])
-        await send_response(send, 200, orjson.dumps(response), gateway.response_headers(call, trace))
+        await reply(client_format, call, trace, receive, send)
     except (ClientError, UpstreamError) as err:
         await fail(client_format, send, trace, call, err)
     except ConnectionAbortedError:
@@ -61,27 +59,36 @@ async def fail(client_format, send, trace, call, err):
     await send_response(send, status, body, {**gateway.response_headers(call, trace), **headers})
 
 
+async def reply(client_format, call, trace, receive, send):
+    """Answers in one body; a client that goes away first cancels the upstream call."""
+    with gateway.DisconnectWatch(receive) as watch:
+        try:
+            response = await gateway.complete(call, trace)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            trace.stage("upstream_total", upstream=True)
+            trace.set(status_code=499, error="cancelled: the client disconnected before the answer; "
+                                             "the upstream request was cancelled")
+            return
+    response = call.native_reply() if call.is_native else client_format.respond(response, call.chat["model"])
+    await send_response(send, 200, orjson.dumps(response), gateway.response_headers(call, trace))
+
+
 async def relay(client_format, call, trace, receive, send):
     """Streams the answer; a client that goes away cancels the upstream call."""
     relay = gateway.StreamRelay(call, trace, send, client_format)
-    task = asyncio.current_task()
-    gone = []
-    watcher = None
 
     async def start_response():
-        nonlocal watcher
         await start_stream(send, gateway.response_headers(call, trace))
-        watcher = asyncio.ensure_future(gateway.watch_disconnect(receive, lambda: (gone.append(1), task.cancel())))
 
-    try:
-        await relay.run(start_response)
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        relay.finish(499, "cancelled: the client disconnected mid-stream; the upstream request was cancelled")
-    finally:
-        if watcher is not None:
-            watcher.cancel()
+    with gateway.DisconnectWatch(receive) as watch:
+        try:
+            await relay.run(start_response)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            relay.finish(499, "cancelled: the client disconnected mid-stream; the upstream request was cancelled")
 
 
 PROXY_ROUTES = {

@@ -9,7 +9,8 @@ own error body, so a gateway bug shows up as the 400 the real provider would
 send. Unscripted requests get a realistic answer: ``"echo: <last turn text>"``
 with fixed usage (``PROMPT_TOKENS``/``COMPLETION_TOKENS``), or a tool call when
 the request has tools and the last user text mentions ``TOOL_TRIGGER``.
-``fake.script(...)`` queues errors, delays, hangs, custom streams and cut streams.
+``fake.script(...)`` queues errors, delays, hangs, custom streams, cut, stalled
+and reset streams, and dropped connections.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import itertools
 import json
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,7 +68,13 @@ class Script:
     delay: float = 0.0
     stream_events: list[Any] | None = None
     hang: bool = False
-    fail_mid_stream: bool | int = False
+    fail_mid_stream: bool | int = False  # True: half way; n: after n events (the body, if not streamed)
+    stall_mid_stream: bool | int = False  # streams: as fail_mid_stream, but hang until the client leaves
+    reset: bool = False  # cut or drop with a TCP reset instead of a clean close
+    # Close the connection as the request arrives, unanswered and unread (counted
+    # in `dropped`, not `requests`): a keep-alive connection the server closed
+    # just as the client reused it.
+    drop: bool = False
     event_delay: float = STREAM_EVENT_DELAY
     times: int | None = 1  # None: every matching request until reset()
 
@@ -623,6 +631,7 @@ class FakeUpstream:
         self.port: int | None = None
         self.requests: list[RecordedRequest] = []
         self.disconnects: list[Disconnect] = []
+        self.dropped: list[str] = []  # providers whose request was dropped by a `drop` script
         self._scripts: list[Script] = []
         self._lock = threading.Lock()
         self._serial = itertools.count(1)
@@ -704,12 +713,13 @@ class FakeUpstream:
         self, provider: str | None = None, status: int = 200, body: Any = None,
         headers: dict[str, str] | None = None, delay: float = 0.0, stream_events: list[Any] | None = None,
         hang: bool = False, fail_mid_stream: bool | int = False, times: int | None = 1,
-        event_delay: float = STREAM_EVENT_DELAY,
+        event_delay: float = STREAM_EVENT_DELAY, stall_mid_stream: bool | int = False,
+        reset: bool = False, drop: bool = False,
     ) -> Script:
         """Queue a behaviour for the next `times` requests to `provider` (None: any provider)."""
         assert provider is None or provider in DIALECTS, provider
         script = Script(provider, status, body, dict(headers or {}), delay, stream_events, hang,
-                        fail_mid_stream, event_delay, times)
+                        fail_mid_stream, stall_mid_stream, reset, drop, event_delay, times)
         with self._lock:
             self._scripts.append(script)
         return script
@@ -719,6 +729,7 @@ class FakeUpstream:
             self._scripts.clear()
         self.requests.clear()
         self.disconnects.clear()
+        self.dropped.clear()
 
     def requests_for(self, provider: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.provider == provider]
@@ -740,10 +751,13 @@ class FakeUpstream:
             await asyncio.sleep(0.01)
         return len(self.disconnects) >= count
 
-    def _take_script(self, provider: str) -> Script | None:
+    def _take_script(self, provider: str, drop: bool = False) -> Script | None:
+        """The next script for `provider`; with drop=True only if it is a drop script."""
         with self._lock:
             for script in self._scripts:
                 if script.provider in (None, provider):
+                    if script.drop != drop:
+                        return None
                     if script.times is not None:
                         script.times -= 1
                         if script.times <= 0:
@@ -774,6 +788,11 @@ class FakeUpstream:
         dialect = DIALECTS[provider]
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            script = self._take_script(provider, drop=True)
+            if script is not None:
+                self.dropped.append(provider)
+                _close(request, script.reset)
+                return web.Response()  # never sent: the connection is gone
             recorded = await self._record(request, provider)
             progress = Disconnect(provider, request.path)
             try:
@@ -820,7 +839,7 @@ class FakeUpstream:
             return await self._stream(request, dialect, dialect.stream(reply, recorded), headers, script, progress)
         payload = _dumps(dialect.answer(reply, recorded)).encode()
         if script.fail_mid_stream:
-            return await self._cut_body(request, payload, headers)
+            return await self._cut_body(request, payload, headers, script.reset)
         return web.Response(body=payload, headers=headers, content_type="application/json")
 
     @staticmethod
@@ -854,12 +873,14 @@ class FakeUpstream:
         response = web.StreamResponse(headers={"Content-Type": dialect.stream_content_type,
                                                "Cache-Control": "no-cache", **headers})
         await response.prepare(request)
-        cut = script.fail_mid_stream
-        cut_at = None if cut is False else (max(1, len(frames) // 2) if cut is True else int(cut))
+        cut_at, stall_at = (_position(option, len(frames)) for option in (script.fail_mid_stream,
+                                                                           script.stall_mid_stream))
         for index, frame in enumerate(frames):
             if index == cut_at:
-                request.transport.close()  # what was written is flushed first
+                _close(request, script.reset)
                 return response
+            if index == stall_at:
+                return await self._hang(request)
             await response.write(frame.encode() if isinstance(frame, str) else frame)
             progress.events_sent += 1
             await asyncio.sleep(script.event_delay)
@@ -867,11 +888,32 @@ class FakeUpstream:
         return response
 
     @staticmethod
-    async def _cut_body(request: web.Request, payload: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    async def _cut_body(request: web.Request, payload: bytes, headers: dict[str, str],
+                        reset: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json", **headers})
         response.content_length = len(payload)
         await response.prepare(request)
         await response.write(payload[: len(payload) // 2])
         await asyncio.sleep(0.01)
-        request.transport.close()
+        _close(request, reset)
         return response
+
+
+def _position(option: bool | int, count: int) -> int | None:
+    """Where a mid-stream option applies: True is half way, n after n events."""
+    if option is False:
+        return None
+    return max(1, count // 2) if option is True else int(option)
+
+
+def _close(request: web.Request, reset: bool) -> None:
+    """Closes the connection; what was written is flushed first (but for a reset, which drops it)."""
+    transport = request.transport
+    if transport is None:
+        return
+    if reset:  # linger 0: the close sends RST instead of FIN
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                       struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()

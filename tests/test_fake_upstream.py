@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import anthropic
@@ -456,6 +457,62 @@ def test_it_cuts_a_non_streaming_body_when_scripted(fake):
         call(fake, "gemini", gemini_body())
 
 
+def test_it_resets_the_connection_mid_stream_when_asked(fake):
+    fake.script(fail_mid_stream=2, reset=True)
+    received = []
+    with pytest.raises(httpx.ReadError):  # a reset, not the clean close above
+        with httpx.stream("POST", fake.url + "/v1/chat/completions", json=openai_body(stream=True),
+                          headers=OPENAI_HEADERS) as response:
+            for line in response.iter_lines():
+                received.append(line)
+    assert any(line.startswith("data: ") for line in received)  # what came before the reset
+
+
+def test_it_stalls_mid_stream_until_the_client_gives_up(fake):
+    fake.script(stall_mid_stream=2)
+    received = []
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream("POST", fake.url + "/api/chat", json=ollama_body(stream=True), timeout=0.5) as response:
+            for line in response.iter_lines():
+                received.append(line)
+    assert len(received) == 2 and not json.loads(received[-1])["done"]
+    assert fake.wait_for_disconnects(1)
+    assert fake.disconnects[0].events_sent == 2
+
+
+def raw_post(fake, path, body, headers):
+    """Sends one request on a raw socket; returns what came back before the connection ended."""
+    payload = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((fake.host, fake.port)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{head}"
+                     f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sock.settimeout(5)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_it_drops_a_request_unread_and_unanswered(fake, reset):
+    fake.script("anthropic", drop=True, reset=reset)
+    if reset:
+        with pytest.raises(ConnectionResetError):
+            raw_post(fake, "/v1/messages", anthropic_body(), ANTHROPIC_HEADERS)
+    else:
+        assert raw_post(fake, "/v1/messages", anthropic_body(), ANTHROPIC_HEADERS) == b""  # closed, no answer
+    assert fake.dropped == ["anthropic"] and fake.requests == []
+    assert call(fake, "anthropic", anthropic_body()).status_code == 200  # once only
+    assert fake.dropped == ["anthropic"] and len(fake.requests) == 1
+
+
+def test_a_drop_script_waits_for_its_turn(fake):
+    fake.script("openai", status=500)
+    fake.script("openai", drop=True)
+    assert call(fake, "openai", openai_body()).status_code == 500
+    with pytest.raises(httpx.RemoteProtocolError):
+        call(fake, "openai", openai_body())
+    assert fake.dropped == ["openai"]
+
+
 def test_it_streams_scripted_events(fake):
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
     fake.script("anthropic", stream_events=[{"type": "message_start", "message": {}}, ": keep-alive\n\n", error])
@@ -498,8 +555,9 @@ def test_it_records_the_query_and_unknown_paths(fake):
 def test_it_forgets_everything_on_reset(fake):
     fake.script(status=500)
     call(fake, "openai", openai_body(), headers={})
+    fake.script(drop=True)
     fake.reset()
-    assert fake.requests == [] and fake.disconnects == []
+    assert fake.requests == [] and fake.disconnects == [] and fake.dropped == []
     assert call(fake, "openai", openai_body()).status_code == 200
 
 

@@ -35,6 +35,7 @@ _UPSTREAM_ERRORS = {
     "rate_limited": (429, "rate_limit_error"),
     "overloaded": (529, "overloaded_error"),
     "server": (500, "api_error"),
+    "bad_response": (502, "api_error"),  # a broken answer is the gateway's upstream failing, not a 500
     "unavailable": (502, "api_error"),
     "timeout": (504, "timeout_error"),
 }

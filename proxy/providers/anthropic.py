@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 from . import convert
-from .base import (ClientError, Provider, StreamState, UpstreamError, UpstreamRequest,
-                   kind_for_status, retry_after_from, text_of, usage_dict)
+from .base import (ClientError, Provider, StreamState, UpstreamError, UpstreamRequest, cut_off,
+                   expect_text, kind_for_status, retry_after_from, text_of, usage_dict)
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -313,8 +313,10 @@ class AnthropicProvider(Provider):
     def parse_response(self, body: dict) -> dict:
         if body.get("type") == "error":
             raise _error_from(body.get("error"))
+        if not isinstance(body.get("content"), list):
+            raise TypeError("content is not a list")
         text, calls = "", []
-        for block in body.get("content") or []:
+        for block in body["content"]:
             if block.get("type") == "text":
                 text += block.get("text", "")
             elif block.get("type") == "tool_use":
@@ -337,7 +339,7 @@ class AnthropicProvider(Provider):
         if kind == "content_block_start":
             block = event.get("content_block") or {}
             if block.get("type") == "text" and block.get("text"):
-                out.append(convert.chunk({"content": block["text"]}))
+                out.append(convert.chunk({"content": expect_text(block["text"], "content_block.text")}))
             elif block.get("type") == "tool_use":
                 # Block indexes also count text blocks; OpenAI counts tool calls only.
                 position = state.tool_count
@@ -349,7 +351,7 @@ class AnthropicProvider(Provider):
         elif kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta" and delta.get("text"):
-                out.append(convert.chunk({"content": delta["text"]}))
+                out.append(convert.chunk({"content": expect_text(delta["text"], "delta.text")}))
             elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                 position = state.tool_index.get(event.get("index"))
                 if position is not None:
@@ -374,7 +376,7 @@ class AnthropicProvider(Provider):
             return []
         if not state.extra.get("message_delta"):
             # Cut before the stop reason: the answer may be incomplete (§5.3).
-            raise UpstreamError("server", "anthropic: stream ended before the message was complete")
+            raise cut_off(self.name, "the stream ended before message_delta")
         state.finished = True
         state.finish_reason = state.finish_reason or "stop"
         return [convert.chunk({}, state.finish_reason)]

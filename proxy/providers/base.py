@@ -25,7 +25,9 @@ class UpstreamError(Exception):
     """A provider failure, classified in provider-neutral terms.
 
     kind is one of: bad_request, auth, not_found, too_large, rate_limited,
-    overloaded, server, timeout, unavailable.
+    overloaded, server (the provider said it failed), bad_response (its answer
+    broke off or is not in its format), timeout, unavailable (it could not be
+    reached, or dropped the connection without answering).
     """
 
     kind: str
@@ -74,6 +76,8 @@ class Provider:
     name: str = ""
     # "sse" or "ndjson": how upstream.py splits a streamed body into events.
     stream_format: str = "sse"
+    # The event field that ends a complete stream, named when a body ends without it.
+    stream_end: str = "a finish reason"
 
     def build_request(self, chat: dict, model: str, base_url: str,
                       api_key: str | None) -> UpstreamRequest:
@@ -103,7 +107,13 @@ class Provider:
         raise NotImplementedError
 
     def finish_stream(self, state: StreamState) -> list[dict]:
-        """Called when the upstream body ends; returns any closing chunks."""
+        """Called when the upstream body ends; returns any closing chunks.
+
+        A body that ends before the stream's end marker was cut off (the answer
+        may be incomplete): it fails instead of finishing as "stop".
+        """
+        if not state.finished:
+            raise cut_off(self.name, f"the stream ended before {self.stream_end}")
         return []
 
     def classify_error(self, status: int, body: Any, headers: dict[str, str]) -> UpstreamError:
@@ -112,6 +122,28 @@ class Provider:
 
 
 # --- shared building blocks for adapters ---------------------------------
+
+# What an adapter raises on a provider answer of the wrong shape (a missing key,
+# a wrong type); the gateway reports it as the provider's fault, not its own.
+SHAPE_ERRORS = (LookupError, TypeError, AttributeError, ValueError)
+
+
+def malformed(provider: str, what: str, exc: Exception) -> UpstreamError:
+    detail = f"{type(exc).__name__}: {exc}"[:200]
+    return UpstreamError("bad_response", f"{provider}: the provider's {what} is not in its documented "
+                         f"format ({detail}).")
+
+
+def expect_text(value: Any, what: str) -> str:
+    """value, if it is a string (text passed on to the client must be)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is {type(value).__name__}, not a string")
+    return value
+
+
+def cut_off(provider: str, how: str) -> UpstreamError:
+    return UpstreamError("bad_response", f"{provider}: the answer was cut off: {how}.")
+
 
 _KIND_BY_STATUS = {400: "bad_request", 401: "auth", 402: "auth", 403: "auth",
                    404: "not_found", 408: "timeout", 413: "too_large",

@@ -8,7 +8,7 @@ import secrets
 import string
 from typing import Any
 
-from .base import ClientError, StreamState, UpstreamError, text_of
+from .base import ClientError, StreamState, text_of
 
 log = logging.getLogger(__name__)
 
@@ -209,17 +209,6 @@ def whole_tool_call_chunk(state: StreamState, call_id: str | None, name: str,
     out = tool_call_delta(position, call_id or new_tool_call_id(), name, arguments)
     out["choices"][0]["index"] = index
     return out
-
-
-def end_of_body(state: StreamState, provider: str) -> list[dict]:
-    """Body ended without an explicit finish: close with "stop", or fail if nothing came."""
-    if state.finished:
-        return []
-    if not state.started:
-        raise UpstreamError("server", f"{provider}: stream ended before any data")
-    state.finished = True
-    state.finish_reason = state.finish_reason or "stop"
-    return [chunk({}, state.finish_reason)]
 
 
 # --- errors ------------------------------------------------------------------

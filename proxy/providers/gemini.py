@@ -215,6 +215,7 @@ def _retry_delay(error: dict) -> int | None:
 class GeminiProvider(Provider):
     name = "gemini"
     stream_format = "sse"
+    stream_end = "a finishReason"
 
     def build_request(self, chat: dict, model: str, base_url: str,
                       api_key: str | None) -> UpstreamRequest:
@@ -247,6 +248,8 @@ class GeminiProvider(Provider):
                           for c in calls]
             finish = _finish_reason(candidate.get("finishReason"), bool(calls))
             choices.append(convert.choice(candidate.get("index", i), text, tool_calls, finish))
+        if not choices and "promptFeedback" not in body:
+            raise TypeError("neither candidates nor promptFeedback")
         if not choices:
             # A blocked prompt is a 200 without candidates (§6.5).
             blocked = bool((body.get("promptFeedback") or {}).get("blockReason"))
@@ -280,9 +283,6 @@ class GeminiProvider(Provider):
                 state.finished = True
                 out.append(convert.chunk({}, state.finish_reason, index=index))
         return out
-
-    def finish_stream(self, state: StreamState) -> list[dict]:
-        return convert.end_of_body(state, "gemini")
 
     def _in_band_error(self, body: dict) -> UpstreamError:
         """An error object in a 200 body or stream; its `code` is the HTTP status it stands for."""

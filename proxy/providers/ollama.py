@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import convert
-from .base import (ClientError, Provider, StreamState, UpstreamError, UpstreamRequest,
+from .base import (ClientError, Provider, StreamState, UpstreamError, UpstreamRequest, expect_text,
                    kind_for_status, retry_after_from, text_of, usage_dict)
 
 _THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high",
@@ -96,6 +96,7 @@ def _usage(body: dict) -> dict:
 class OllamaProvider(Provider):
     name = "ollama"
     stream_format = "ndjson"
+    stream_end = '"done": true'
 
     def build_request(self, chat: dict, model: str, base_url: str,
                       api_key: str | None) -> UpstreamRequest:
@@ -127,9 +128,9 @@ class OllamaProvider(Provider):
     def parse_response(self, body: dict) -> dict:
         if "error" in body:
             raise self.classify_error(500, body, {})
-        message = body.get("message") or {}
+        message = body["message"]
         calls = _tool_calls(message)
-        choice = convert.choice(0, message.get("content") or "", calls,
+        choice = convert.choice(0, expect_text(message.get("content", ""), "message.content"), calls,
                                 _finish_reason(body, bool(calls)))
         return {"choices": [choice], "usage": _usage(body)}
 
@@ -141,7 +142,7 @@ class OllamaProvider(Provider):
         out = convert.start_chunks(state)
         message = event.get("message") or {}
         if message.get("content"):
-            out.append(convert.chunk({"content": message["content"]}))
+            out.append(convert.chunk({"content": expect_text(message["content"], "message.content")}))
         for call in _tool_calls(message):
             function = call["function"]
             out.append(convert.whole_tool_call_chunk(state, call["id"], function["name"],
@@ -152,9 +153,6 @@ class OllamaProvider(Provider):
             state.finished = True
             out.append(convert.chunk({}, state.finish_reason))
         return out
-
-    def finish_stream(self, state: StreamState) -> list[dict]:
-        return convert.end_of_body(state, "ollama")
 
     def classify_error(self, status: int, body: Any, headers: dict[str, str]) -> UpstreamError:
         message = body.get("error") if isinstance(body, dict) else body

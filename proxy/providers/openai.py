@@ -5,7 +5,7 @@ import re
 from typing import Any
 
 from . import convert
-from .base import (Provider, StreamState, UpstreamError, UpstreamRequest, kind_for_status,
+from .base import (Provider, StreamState, UpstreamError, UpstreamRequest, expect_text, kind_for_status,
                    retry_after_from, usage_dict)
 
 # Reasoning models reject max_tokens and non-default sampling (§1.5).
@@ -132,6 +132,7 @@ def _in_band_error(error: Any) -> UpstreamError:
 class OpenAIProvider(Provider):
     name = "openai"
     stream_format = "sse"
+    stream_end = "a finish_reason"
 
     def build_request(self, chat: dict, model: str, base_url: str,
                       api_key: str | None) -> UpstreamRequest:
@@ -151,11 +152,14 @@ class OpenAIProvider(Provider):
     def parse_response(self, body: dict) -> dict:
         if "error" in body and "choices" not in body:
             raise _in_band_error(body["error"])
+        if not isinstance(body.get("choices"), list) or not body["choices"]:
+            raise TypeError("no choices")
         choices = []
-        for i, upstream in enumerate(body.get("choices") or []):
-            message = dict(upstream.get("message") or {})
+        for i, upstream in enumerate(body["choices"]):
+            message = dict(upstream["message"])
             message["role"] = "assistant"
-            message.setdefault("content", None)
+            if message.setdefault("content", None) is not None:
+                expect_text(message["content"], "message.content")
             if message.get("tool_calls"):
                 message["tool_calls"] = [
                     {**call, "id": call.get("id") or convert.new_tool_call_id(),
@@ -173,8 +177,6 @@ class OpenAIProvider(Provider):
         return out
 
     def parse_stream_event(self, event: dict, state: StreamState) -> list[dict]:
-        if not isinstance(event, dict):
-            return []  # "[DONE]": the gateway writes its own
         if event.get("error") is not None:
             raise _in_band_error(event["error"])
         if event.get("usage"):
@@ -190,6 +192,8 @@ class OpenAIProvider(Provider):
                 out.append(convert.chunk({"role": "assistant", "content": ""}))
         for upstream in upstream_choices:
             delta = upstream.get("delta") or {}
+            if delta.get("content") is not None:
+                expect_text(delta["content"], "delta.content")
             if delta.get("role"):
                 # Role chunk in the documented shape: content "" (not null), no null refusal.
                 delta = {k: v for k, v in delta.items() if v is not None}
@@ -204,9 +208,6 @@ class OpenAIProvider(Provider):
                                      "logprobs": upstream.get("logprobs"),
                                      "finish_reason": finish}]})
         return out
-
-    def finish_stream(self, state: StreamState) -> list[dict]:
-        return convert.end_of_body(state, "openai")
 
     def classify_error(self, status: int, body: Any, headers: dict[str, str]) -> UpstreamError:
         error = body.get("error") if isinstance(body, dict) else None

@@ -226,12 +226,12 @@ def test_health_reports_database_and_cache(gateway):
 
 
 def test_an_internal_failure_is_a_clean_500_with_a_vaslog(gateway, proxy_client, fake_upstream, monkeypatch):
-    from proxy.providers import PROVIDERS
+    from proxy.formats import OPENAI
 
-    def broken(body):
+    def broken(response, client_model):
         raise KeyError("a translation bug")
 
-    monkeypatch.setattr(PROVIDERS["openai"], "parse_response", broken)
+    monkeypatch.setattr(OPENAI, "respond", broken)
     r = proxy_client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 500
     error = r.json()["error"]

@@ -94,7 +94,7 @@ def test_it_fails_a_stream_cut_before_the_stop_reason():
                                   "delta": {"type": "text_delta", "text": "Hal"}}, state)
     with pytest.raises(UpstreamError) as info:
         anthropic.finish_stream(state)
-    assert info.value.kind == "server"
+    assert info.value.kind == "bad_response" and "cut off" in info.value.message
 
 
 def test_it_maps_529_to_overloaded():

@@ -43,8 +43,11 @@ def test_it_raises_on_an_error_line():
     assert info.value.message == "ollama: model runner crashed"
 
 
-def test_it_closes_a_stream_that_ends_without_done():
+def test_a_stream_that_ends_without_done_is_cut_not_stopped():
     state = StreamState()
     ollama.parse_stream_event({"message": {"role": "assistant", "content": "a"}, "done": False}, state)
-    assert ollama.finish_stream(state)[0]["choices"][0]["finish_reason"] == "stop"
-    assert state.finished
+    with pytest.raises(UpstreamError) as info:
+        ollama.finish_stream(state)
+    assert info.value.kind == "bad_response"
+    assert info.value.message == 'ollama: the answer was cut off: the stream ended before "done": true.'
+    assert not state.finished

@@ -36,7 +36,7 @@ def config_answer(config: sso_config.SsoConfig) -> dict:
     body = config.as_dict()
     for provider, shown in zip(config.providers, body["providers"]):
         shown["client_secret_configured"] = bool(provider.client_secret()[0])
-        if provider.type == "entra":
+        if oidc.is_derived(provider):
             e = oidc.derived_entra(provider)
             shown["derived"] = {"issuer": e.issuer, "jwks_uri": e.jwks_uri,
                                 "authorization_endpoint": e.authorization_endpoint,

@@ -108,6 +108,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_prometheus",
     "mozilla_django_oidc",
@@ -223,6 +225,26 @@ REST_FRAMEWORK = {
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The management API's OpenAPI schema (/api/schema/) and Swagger UI (/api/docs/, its files from
+# drf-spectacular-sidecar, nothing from a CDN). Not secret, but served like the rest of the
+# management API: to the master key, an admin key, a Smartflow JWT or a signed-in session.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Smartflow management API",
+    "DESCRIPTION": "The management port's API: VAS logs, SSO, teams and metrics. Auth: `Authorization: Bearer` "
+                   "with the master key, an admin key or a Smartflow JWT, or the dashboard's session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": r"/api/",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],  # bodies are JSON
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "smartflow.openapi.add_plain_routes"],
 }
 
 LOGGING = {

@@ -1,11 +1,14 @@
 """The VAS log management API and the traces dashboard page."""
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from proxy.routing import PROVIDER_NAMES
+from smartflow.openapi import AUTH_ERRORS, ErrorSerializer
 
+from . import openapi as doc
 from .models import VASLog, as_dict
 from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs
 from .recorder import recorder
@@ -13,6 +16,8 @@ from .recorder import recorder
 LOGIN_URL = "/dashboard/sso_login.html"
 
 
+@extend_schema(operation_id="vas_logs_list", summary="VAS logs, newest first", tags=["traces"], parameters=doc.LIST_PARAMETERS,
+               responses={200: doc.LogListSerializer, 400: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET"])
 def log_list(request):
     try:
@@ -22,6 +27,8 @@ def log_list(request):
     return Response(page.as_body())
 
 
+@extend_schema(summary="One VAS log", tags=["traces"],
+               responses={200: doc.LogDetailSerializer, 404: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET"])
 def log_detail(request, log_id: str):
     log = VASLog.objects.filter(pk=log_id).first()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
@@ -116,7 +117,7 @@ def sso_login_view(request):
         return error_response(err)
     response = Response({"auth_url": start.auth_url})
     response.set_cookie(flow.BINDING_COOKIE, start.binding, max_age=start.expires_in + 300, httponly=True,
-                        samesite="Lax", secure=request.is_secure(), path="/")
+                        samesite="Lax", secure=request.is_secure() or settings.SESSION_COOKIE_SECURE, path="/")
     return response
 
 

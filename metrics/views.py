@@ -8,6 +8,15 @@ from prometheus_client import multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # "text/plain; version=0.0.4; charset=utf-8" (CONTRACT)
+# The OpenAPI description of GET /metrics, a plain Django view (smartflow/openapi.py adds it to the schema).
+OPENAPI_PATHS = {"/metrics": {"get": {
+    "operationId": "metrics_retrieve", "tags": ["metrics"], "summary": "Prometheus metrics",
+    "description": "Prometheus text exposition 0.0.4 (`Content-Type: text/plain; version=0.0.4; charset=utf-8`), "
+                   "every series with `# HELP` and `# TYPE`. Answers without auth.",
+    "security": [],
+    "responses": {"200": {"description": "The metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                  "405": {"description": "Only GET is served"}},
+}}}
 
 
 def _registry():

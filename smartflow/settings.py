@@ -34,6 +34,12 @@ def env_bool(name: str, default: bool) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def env_list(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list; unset or empty (as compose passes an unset variable) gives the default."""
+    items = [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+    return items or list(default)
+
+
 def env_secret(name: str, filename: str) -> str:
     """A secret from the environment, else from the data folder, else made and stored there."""
     value = os.environ.get(name)
@@ -59,8 +65,17 @@ def read_master_key() -> str:
 
 SECRET_KEY = env_secret("DJANGO_SECRET_KEY", "secret_key")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "*").split(",") if h]
-CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# --- Behind a TLS-terminating proxy: host names, origins, cookies, the forwarded scheme, HSTS ---
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["*"])
+if "*" not in ALLOWED_HOSTS:  # the container's healthcheck asks for http://127.0.0.1:7777/health
+    ALLOWED_HOSTS += [h for h in ("127.0.0.1", "localhost", "[::1]") if h not in ALLOWED_HOSTS]
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Session, CSRF and SSO sign-in cookies only over https.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SMARTFLOW_SECURE_COOKIES", False)
+# Only behind a proxy that sets X-Forwarded-Proto itself: otherwise a client could claim https.
+if env_bool("SMARTFLOW_TRUST_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("SMARTFLOW_HSTS_SECONDS", 0)  # sent on https answers only
 
 # --- Smartflow -------------------------------------------------------------
 SMARTFLOW_PROXY_PORT = env_int("SMARTFLOW_PROXY_PORT", 7777)
@@ -108,6 +123,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_prometheus",
     "mozilla_django_oidc",
@@ -224,6 +241,26 @@ REST_FRAMEWORK = {
                                        "rest_framework.authentication.SessionAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The management API's OpenAPI schema (/api/schema/) and Swagger UI (/api/docs/, its files from
+# drf-spectacular-sidecar, nothing from a CDN). Not secret, but served like the rest of the
+# management API: to the master key, an admin key, a Smartflow JWT or a signed-in session.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Smartflow management API",
+    "DESCRIPTION": "The management port's API: VAS logs, SSO, teams and metrics. Auth: `Authorization: Bearer` "
+                   "with the master key, an admin key or a Smartflow JWT, or the dashboard's session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SCHEMA_PATH_PREFIX": r"/api/",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],  # bodies are JSON
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "smartflow.openapi.add_plain_routes"],
 }
 
 LOGGING = {

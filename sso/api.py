@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
 from proxy.models import Team
+from smartflow.openapi import AUTH_ERRORS, bad_request
 
 from . import config as sso_config
 from . import flow, oidc
+from . import openapi as doc
 from .checks import test_provider
 from .errors import SsoError
 from .teams import team_as_dict
@@ -36,7 +40,7 @@ def config_answer(config: sso_config.SsoConfig) -> dict:
     body = config.as_dict()
     for provider, shown in zip(config.providers, body["providers"]):
         shown["client_secret_configured"] = bool(provider.client_secret()[0])
-        if provider.type == "entra":
+        if oidc.is_derived(provider):
             e = oidc.derived_entra(provider)
             shown["derived"] = {"issuer": e.issuer, "jwks_uri": e.jwks_uri,
                                 "authorization_endpoint": e.authorization_endpoint,
@@ -46,6 +50,13 @@ def config_answer(config: sso_config.SsoConfig) -> dict:
     return body
 
 
+@extend_schema(methods=["GET"], summary="The SSO config (secrets never included)", tags=["sso"],
+               responses={200: doc.SsoConfigSerializer, **AUTH_ERRORS})
+@extend_schema(methods=["POST"], summary="Replace the SSO config", tags=["sso"], request=doc.SsoConfigSerializer,
+               description="Validated as a whole; takes effect at once; the same body twice gives the same state. "
+                           "A GET answer posted back is accepted (its read-only fields are ignored). Admin only.",
+               responses={200: doc.SsoConfigSerializer, 400: bad_request(doc.ConfigErrorSerializer, "SsoConfigError"),
+                          **AUTH_ERRORS})
 @api_view(["GET", "POST"])
 @permission_classes([IsAdmin])
 def sso_config_view(request):
@@ -61,6 +72,11 @@ def sso_config_view(request):
     return Response(config_answer(sso_config.load()))
 
 
+@extend_schema(summary="Test a provider's discovery and keys", tags=["sso"], request=doc.TEST_REQUEST,
+               description="A saved provider by name, or a whole provider object before saving. Discovery and JWKS "
+                           "are fetched for real. Admin only.",
+               responses={200: doc.TestResultSerializer, 400: bad_request(doc.TestErrorSerializer, "SsoTestError"),
+                          404: doc.TestErrorSerializer, **AUTH_ERRORS})
 @api_view(["POST"])
 @permission_classes([IsAdmin])
 def sso_test_view(request):
@@ -85,6 +101,9 @@ def sso_test_view(request):
     return Response({"success": all(s["ok"] for s in steps), "steps": steps})
 
 
+@extend_schema(summary="Start an SSO sign-in", tags=["sso"], parameters=doc.LOGIN_PARAMETERS,
+               description="Answers the IdP's authorize URL and sets the cookie binding the sign-in to this browser.",
+               responses={200: doc.LoginSerializer, 404: doc.SsoErrorSerializer, 502: doc.SsoErrorSerializer})
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([AllowAny])
@@ -98,10 +117,15 @@ def sso_login_view(request):
         return error_response(err)
     response = Response({"auth_url": start.auth_url})
     response.set_cookie(flow.BINDING_COOKIE, start.binding, max_age=start.expires_in + 300, httponly=True,
-                        samesite="Lax", secure=request.is_secure(), path="/")
+                        samesite="Lax", secure=request.is_secure() or settings.SESSION_COOKIE_SECURE, path="/")
     return response
 
 
+@extend_schema(summary="Finish an SSO sign-in", tags=["sso"], parameters=doc.CALLBACK_PARAMETERS,
+               description="Exchanges the code, verifies the id_token, syncs groups to teams, signs the browser in "
+                           "and returns a Smartflow JWT.",
+               responses={200: doc.CallbackSerializer,
+                          **{code: doc.SsoErrorSerializer for code in (400, 401, 403, 502)}})
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([AllowAny])
@@ -125,6 +149,8 @@ def sso_callback_view(request):
     return response
 
 
+@extend_schema(summary="Teams", tags=["teams"], description="Every team for an admin; a member's own teams.",
+               responses={200: doc.TeamListSerializer, **AUTH_ERRORS})
 @api_view(["GET"])
 @permission_classes([IsAuthenticated])
 def teams_view(request):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .config import Provider
 from .errors import SsoError
-from .oidc import ASYMMETRIC_ALGS, derived_entra, discovery_url, fetch_json
+from .oidc import ASYMMETRIC_ALGS, derived_entra, discovery_url, fetch_json, is_derived
 
 
 def step(name: str, ok: bool, detail: str) -> dict:
@@ -12,7 +12,7 @@ def step(name: str, ok: bool, detail: str) -> dict:
 
 def test_provider(provider: Provider) -> list[dict]:
     steps: list[dict] = []
-    derived = derived_entra(provider) if provider.type == "entra" else None
+    derived = derived_entra(provider) if is_derived(provider) else None
     if derived:
         steps.append(step("derive", True, f"From tenant id {provider.tenant_id}: issuer {derived.issuer}, "
                           f"JWKS {derived.jwks_uri}"))

@@ -154,6 +154,7 @@ def parse_provider(raw, where: str, errors: list[str]) -> Provider | None:
     kind = raw.get("type")
     if kind not in TYPES:
         errors.append(f"{where}.type: must be one of {', '.join(TYPES)}")
+        kind = ""  # whatever was sent (a list, an object) is not looked up anywhere below
     client_id = raw.get("client_id")
     if not isinstance(client_id, str) or not client_id.strip():
         errors.append(f"{where}.client_id: required (the application/client id registered at the IdP)")
@@ -209,11 +210,27 @@ def _number(value, where: str, errors: list[str], integer: bool):
     return int(value) if integer else float(value)
 
 
+def _nul_paths(value, where: str):
+    """Where a NUL character hides in the body (PostgreSQL's JSONB refuses to store one)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_paths(key, f"{where}{'.' if where else ''}(a key)")
+            yield from _nul_paths(item, f"{where}{'.' if where else ''}{key}"[:200])
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _nul_paths(item, f"{where}[{i}]")
+
+
 def parse(body) -> SsoConfig:
     """Validate a whole config body; raises ConfigError listing every problem."""
     errors: list[str] = []
     if not isinstance(body, dict):
         raise ConfigError([NOT_AN_OBJECT])
+    if nul := sorted(set(_nul_paths(body, ""))):
+        raise ConfigError([f"{path}: must not contain NUL (\\u0000) characters" for path in nul])
     if secrets := _secret_fields(body):
         errors.append(f"{', '.join(secrets)} not accepted: secrets come from the environment "
                       "(OIDC_CLIENT_SECRET or OIDC_CLIENT_SECRET_<NAME>)")

@@ -1,4 +1,4 @@
-"""Talking to the IdP: endpoints (Entra derived, others discovered), JWKS with rotation, and the token check.
+"""Talking to the IdP: endpoints (Entra derived or discovered, others discovered), JWKS with rotation, the token check.
 
 Token exchange, id_token verification and user creation go through a subclass
 of mozilla-django-oidc's ``OIDCAuthenticationBackend``, built per provider
@@ -48,10 +48,19 @@ class Endpoints:
     source: str = "discovery"  # or "derived" (Entra, from the tenant id)
 
 
+def is_derived(provider: Provider) -> bool:
+    """Entra without an explicit issuer: the endpoints follow from the tenant id on the global cloud.
+
+    An explicit issuer (a sovereign cloud such as login.microsoftonline.us, an External ID custom
+    domain) is discovered like any OIDC issuer, since its hosts cannot be guessed from the tenant id.
+    """
+    return provider.type == "entra" and not provider.issuer
+
+
 def derived_entra(provider: Provider) -> Endpoints:
-    """Entra's v2.0 endpoints follow from the tenant id; issuer and JWKS may be overridden in the config."""
+    """Entra's v2.0 endpoints from the tenant id; the JWKS may be overridden in the config."""
     base = f"{entra_authority()}/{provider.tenant_id}"
-    return Endpoints(issuer=provider.issuer or f"{base}/v2.0",
+    return Endpoints(issuer=f"{base}/v2.0",
                      authorization_endpoint=f"{base}/oauth2/v2.0/authorize",
                      token_endpoint=f"{base}/oauth2/v2.0/token",
                      jwks_uri=provider.jwks_uri or f"{base}/discovery/v2.0/keys",
@@ -60,7 +69,7 @@ def derived_entra(provider: Provider) -> Endpoints:
 
 
 def discovery_url(provider: Provider) -> str:
-    if provider.type == "entra":
+    if is_derived(provider):
         return f"{entra_authority()}/{provider.tenant_id}/v2.0/.well-known/openid-configuration"
     return f"{provider.issuer}/.well-known/openid-configuration"
 
@@ -109,6 +118,8 @@ def endpoints_from_discovery(provider: Provider, doc: dict) -> Endpoints:
                        f"not the configured {provider.issuer}; fix 'issuer' for '{provider.name}'.", 502)
     algs = tuple(a for a in doc.get("id_token_signing_alg_values_supported", ["RS256"]) if a in ASYMMETRIC_ALGS)
     methods = tuple(doc.get("token_endpoint_auth_methods_supported") or ("client_secret_basic",))
+    if provider.type == "entra":  # as for the derived endpoints: Entra takes the secret in the body
+        methods = ("client_secret_post",)
     return Endpoints(issuer=doc["issuer"], authorization_endpoint=doc["authorization_endpoint"],
                      token_endpoint=doc["token_endpoint"], jwks_uri=provider.jwks_uri or doc["jwks_uri"],
                      userinfo_endpoint=doc.get("userinfo_endpoint", ""), signing_algs=algs or ("RS256",),
@@ -116,8 +127,8 @@ def endpoints_from_discovery(provider: Provider, doc: dict) -> Endpoints:
 
 
 def resolve(provider: Provider) -> Endpoints:
-    """The provider's endpoints: derived for Entra (no network), discovered (cached) for Okta and OIDC."""
-    if provider.type == "entra":
+    """The provider's endpoints: derived for Entra without an issuer (no network), else discovered (cached)."""
+    if is_derived(provider):
         return derived_entra(provider)
     return endpoints_from_discovery(provider, discover(discovery_url(provider)))
 

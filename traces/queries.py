@@ -68,6 +68,9 @@ class ListParams:
                 raise BadQuery(f"'{name}' must be between {low} and {high}.")
             return value
 
+        for name in ("q", "cursor"):  # PostgreSQL cannot compare text with a NUL in it
+            if "\x00" in (get(name) or ""):
+                raise BadQuery(f"'{name}' must not contain NUL characters.")
         provider = (get("provider") or "").strip().lower()
         if provider and provider not in PROVIDER_NAMES:
             raise BadQuery(f"Unknown provider '{provider}'. Accepted: {', '.join(PROVIDER_NAMES)}.")
@@ -141,6 +144,8 @@ def _encode_cursor(value, log_id: str) -> str:
 def _decode_cursor(cursor: str, column: str):
     try:
         value, log_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if "\x00" in f"{value}{log_id}":  # not one of ours, and PostgreSQL would refuse it
+            raise ValueError
         if column == "timestamp":
             value = datetime.fromisoformat(value)
         elif column == "cost_usd":

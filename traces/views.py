@@ -1,19 +1,27 @@
 """The VAS log management API and the traces dashboard page."""
+import re
+
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from proxy.routing import PROVIDER_NAMES
+from smartflow.openapi import AUTH_ERRORS, ErrorSerializer
 from sso.teams import visible_teams
 
+from . import openapi as doc
 from .models import VASLog, as_dict
 from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs, in_teams
 from .recorder import recorder
 
 LOGIN_URL = "/dashboard/sso_login.html"
+_ID = re.compile(r"[0-9a-f]{1,32}")
 
 
+@extend_schema(operation_id="vas_logs_list", summary="VAS logs, newest first", tags=["traces"], parameters=doc.LIST_PARAMETERS,
+               responses={200: doc.LogListSerializer, 400: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET"])
 def log_list(request):
     try:
@@ -23,10 +31,13 @@ def log_list(request):
     return Response(page.as_body())
 
 
+@extend_schema(summary="One VAS log", tags=["traces"],
+               responses={200: doc.LogDetailSerializer, 404: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET"])
 def log_detail(request, log_id: str):
     teams = visible_teams(request.user)
-    log = in_teams(VASLog.objects.filter(pk=log_id), teams).first()
+    # Ids are hex; anything else (a NUL, which PostgreSQL refuses in a query) cannot exist.
+    log = in_teams(VASLog.objects.filter(pk=log_id), teams).first() if _ID.fullmatch(log_id) else None
     if log is None:
         pending = recorder.find(log_id)
         # Another team's trace answers exactly as a missing one: ids are not to be probed.

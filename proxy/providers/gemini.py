@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from . import convert
-from .base import (ClientError, Provider, StreamState, UpstreamError, UpstreamRequest,
+from .base import (ClientError, cut_off, Provider, StreamState, UpstreamError, UpstreamRequest,
                    kind_for_status, retry_after_from, text_of, usage_dict)
 
 _VERSION = re.compile(r"^gemini-(\d+)(?:\.(\d+))?")
@@ -283,6 +283,17 @@ class GeminiProvider(Provider):
                 state.finished = True
                 out.append(convert.chunk({}, state.finish_reason, index=index))
         return out
+
+    def finish_stream(self, state: StreamState) -> list[dict]:
+        # PROVIDERS.md §5.4: a body that ends without a finishReason finishes with "stop" (Gemini
+        # streams always send one, so this is not the cut-stream case OpenAI and Ollama have).
+        if state.finished:
+            return []
+        if not state.started:
+            raise cut_off(self.name, "the stream ended before any data")
+        state.finished = True
+        state.finish_reason = state.finish_reason or "stop"
+        return [convert.chunk({}, state.finish_reason)]
 
     def _in_band_error(self, body: dict) -> UpstreamError:
         """An error object in a 200 body or stream; its `code` is the HTTP status it stands for."""

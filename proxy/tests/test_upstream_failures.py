@@ -173,11 +173,13 @@ def cut_events(provider):
     }[provider]
 
 
-END_MARKERS = {"openai": "a finish_reason", "anthropic": "message_delta", "gemini": "a finishReason",
-               "ollama": '"done": true'}
+END_MARKERS = {"openai": "a finish_reason", "anthropic": "message_delta", "ollama": '"done": true'}
+# Gemini is left out: PROVIDERS.md §5.4 finishes a body without a finishReason with "stop"
+# (the fixture gemini/stream_no_finish_reason.json).
+CUT_PROVIDERS = list(END_MARKERS)
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", CUT_PROVIDERS)
 def test_a_stream_that_ends_before_its_finish_is_cut_not_stopped(gateway, sdk, fake_upstream, provider):
     fake_upstream.script(provider, stream_events=cut_events(provider))
     stream = sdk.chat.completions.create(**CHAT, stream=True, extra_headers=pinned(provider))
@@ -193,7 +195,7 @@ def test_a_stream_that_ends_before_its_finish_is_cut_not_stopped(gateway, sdk, f
     assert log.response["choices"][0]["message"]["content"] == "Half an"
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", CUT_PROVIDERS)
 def test_a_cut_stream_ends_with_an_error_event_for_anthropic_clients_too(gateway, proxy_client, fake_upstream,
                                                                         provider):
     fake_upstream.script(provider, stream_events=cut_events(provider))

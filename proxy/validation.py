@@ -1,28 +1,62 @@
-"""Checks an OpenAI Chat Completions request body before anything else touches it."""
+"""Checks an OpenAI Chat Completions request body before anything else touches it.
+
+After these checks every value an adapter reads has the type it expects, so a
+translation either builds or refuses with a ClientError, never crashes.
+"""
 import orjson
 
 from .providers.base import ClientError
+from .routing import check_model_name
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+# orjson writes at most 254 levels. What the gateway builds from a body (a translation,
+# the trace's prompt) nests a few levels deeper than the body, hence the headroom.
+MAX_DEPTH = 246
+_HEADROOM = 254 - MAX_DEPTH
+
+STRING = ((str,), "a string")
+NUMBER = ((int, float), "a number")
+INTEGER = ((int,), "an integer")
+BOOLEAN = ((bool,), "a boolean")
+OBJECT = ((dict,), "an object")
+LIST = ((list,), "a list")
 # field -> (accepted types, description for the message)
 _TYPES = {
-    "stream": ((bool,), "a boolean"),
-    "temperature": ((int, float), "a number"),
-    "top_p": ((int, float), "a number"),
+    "stream": BOOLEAN,
+    "temperature": NUMBER,
+    "top_p": NUMBER,
     "max_tokens": ((int,), "a positive integer"),
     "max_completion_tokens": ((int,), "a positive integer"),
     "n": ((int,), "a positive integer"),
     "stop": ((str, list), "a string or a list of strings"),
-    "tools": ((list,), "a list"),
+    "tools": LIST,
     "tool_choice": ((str, dict), "a string or an object"),
-    "stream_options": ((dict,), "an object"),
-    "response_format": ((dict,), "an object"),
-    "presence_penalty": ((int, float), "a number"),
-    "frequency_penalty": ((int, float), "a number"),
-    "seed": ((int,), "an integer"),
-    "user": ((str,), "a string"),
-    "parallel_tool_calls": ((bool,), "a boolean"),
+    "stream_options": OBJECT,
+    "response_format": OBJECT,
+    "presence_penalty": NUMBER,
+    "frequency_penalty": NUMBER,
+    "seed": INTEGER,
+    "user": STRING,
+    "parallel_tool_calls": BOOLEAN,
+    "reasoning_effort": STRING,
+    "logit_bias": OBJECT,
+    "logprobs": BOOLEAN,
+    "top_logprobs": INTEGER,
+    "metadata": OBJECT,
+    "store": BOOLEAN,
+    "service_tier": STRING,
 }
+# Content part type -> its field and that field's accepted types.
+_PART_FIELDS = {
+    "text": ("text", (str,)),
+    "refusal": ("refusal", (str,)),
+    "image_url": ("image_url", (str, dict)),
+    "input_audio": ("input_audio", (dict,)),
+    "file": ("file", (dict,)),
+}
+# Strings inside those objects, when present.
+_PART_STRINGS = {"image_url": ("url", "detail"), "input_audio": ("data", "format"),
+                 "file": ("file_data", "file_id", "filename")}
 
 
 def parse_json_object(raw: bytes) -> dict:
@@ -36,14 +70,29 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise ClientError(f"The request body must be a JSON object, not {type(body).__name__}.",
                           code="invalid_json")
+    check_depth(body)
     return body
+
+
+def check_depth(body: dict) -> None:
+    """Refuse values nested deeper than MAX_DEPTH, which could not be sent on or traced.
+
+    orjson's own limit is the test: one dump of the body inside _HEADROOM lists, in C
+    (about a tenth of the parse's time), where a Python walk would cost as much as the parse.
+    """
+    wrapped = body
+    for _ in range(_HEADROOM):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        raise ClientError(f"The request nests values more than {MAX_DEPTH} levels deep. "
+                          "Send a flatter body.", code="invalid_json") from None
 
 
 def parse_chat(raw: bytes) -> dict:
     body = parse_json_object(raw)
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise ClientError("'model' is required and must be a non-empty string.", param="model")
+    check_model_name(body.get("model"))
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ClientError("'messages' is required and must be a non-empty list of messages.",
@@ -51,14 +100,28 @@ def parse_chat(raw: bytes) -> dict:
     for i, message in enumerate(messages):
         check_message(i, message)
     for name, (types, description) in _TYPES.items():
-        value = body.get(name)
-        # bool is an int in Python; a boolean where a number is expected is wrong.
-        if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
-            raise ClientError(f"'{name}' must be {description}, got {type(value).__name__}.", param=name)
+        check_type(body.get(name), types, description, name)
     for name in ("max_tokens", "max_completion_tokens", "n"):
         if body.get(name) is not None and body[name] < 1:
             raise ClientError(f"'{name}' must be at least 1.", param=name)
+    if isinstance(body.get("stop"), list):
+        for i, stop in enumerate(body["stop"]):
+            check_type(stop, *STRING, f"stop[{i}]")
+    for i, tool in enumerate(body.get("tools") or ()):
+        check_tool(i, tool)
+    if isinstance(body.get("tool_choice"), dict):
+        check_tool_choice(body["tool_choice"])
+    if body.get("response_format") is not None:
+        check_response_format(body["response_format"])
+    if body.get("stream_options") is not None:
+        check_type(body["stream_options"].get("include_usage"), *BOOLEAN, "stream_options.include_usage")
     return body
+
+
+def check_type(value, types: tuple, description: str, where: str) -> None:
+    """None passes (absent); bool is an int in Python, but a boolean where a number is expected is wrong."""
+    if value is not None and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        raise ClientError(f"'{where}' must be {description}, got {type(value).__name__}.", param=where)
 
 
 def check_message(i: int, message) -> None:
@@ -66,17 +129,101 @@ def check_message(i: int, message) -> None:
     if not isinstance(message, dict):
         raise ClientError(f"{where} must be an object with 'role' and 'content'.", param=where)
     role = message.get("role")
-    if role not in ROLES:
-        raise ClientError(f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+    if not isinstance(role, str) or role not in ROLES:
+        shown = role if isinstance(role, str) else type(role).__name__
+        raise ClientError(f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {shown[:40]!r}.",
                           param=f"{where}.role")
     content = message.get("content")
     if content is None:
         if role != "assistant":  # an assistant turn may be only tool calls (or empty)
             raise ClientError(f"{where}.content is required for role '{role}'.", param=f"{where}.content")
-    elif not isinstance(content, (str, list)):
+    elif isinstance(content, list):
+        for j, part in enumerate(content):
+            check_part(part, f"{where}.content[{j}]")
+    elif not isinstance(content, str):
         raise ClientError(f"{where}.content must be a string or a list of content parts.",
                           param=f"{where}.content")
-    elif isinstance(content, list) and not all(isinstance(p, dict) and "type" in p for p in content):
-        raise ClientError(f"{where}.content parts must be objects with a 'type'.", param=f"{where}.content")
+    for name in ("name", "refusal"):
+        check_type(message.get(name), *STRING, f"{where}.{name}")
     if role == "tool" and not isinstance(message.get("tool_call_id"), str):
         raise ClientError(f"{where}.tool_call_id is required for tool messages.", param=f"{where}.tool_call_id")
+    calls = message.get("tool_calls")
+    if calls is not None:
+        check_type(calls, *LIST, f"{where}.tool_calls")
+        for j, call in enumerate(calls):
+            check_tool_call(call, f"{where}.tool_calls[{j}]")
+
+
+def check_part(part, where: str) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise ClientError(f"{where} must be an object with a string 'type'.", param=where)
+    spec = _PART_FIELDS.get(part["type"])
+    if spec is None:
+        return  # a type the gateway does not know: the adapter that cannot send it refuses it
+    name, types = spec
+    value = part.get(name)
+    if not isinstance(value, types):
+        raise ClientError(f"{where}.{name} is required for a '{part['type']}' part "
+                          f"({' or '.join('a string' if t is str else 'an object' for t in types)}).",
+                          param=f"{where}.{name}")
+    if isinstance(value, dict):
+        for key in _PART_STRINGS[part["type"]]:
+            check_type(value.get(key), *STRING, f"{where}.{name}.{key}")
+
+
+def check_tool_call(call, where: str) -> None:
+    if not isinstance(call, dict):
+        raise ClientError(f"{where} must be an object.", param=where)
+    check_type(call.get("id"), *STRING, f"{where}.id")
+    check_type(call.get("type"), *STRING, f"{where}.type")
+    function = call.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ClientError(f"{where}.function must be an object with a string 'name'.", param=f"{where}.function")
+    check_type(function.get("arguments"), *STRING, f"{where}.function.arguments")
+
+
+def check_tool(i: int, tool) -> None:
+    where = f"tools[{i}]"
+    if not isinstance(tool, dict):
+        raise ClientError(f"{where} must be an object.", param=where)
+    check_type(tool.get("type"), *STRING, f"{where}.type")
+    if tool.get("type", "function") != "function":
+        return  # other tool types go to OpenAI as they are; the other adapters refuse them
+    function = tool.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise ClientError(f"{where}.function must be an object with a non-empty string 'name'.",
+                          param=f"{where}.function")
+    check_type(function.get("description"), *STRING, f"{where}.function.description")
+    check_type(function.get("parameters"), *OBJECT, f"{where}.function.parameters")
+    check_type(function.get("strict"), *BOOLEAN, f"{where}.function.strict")
+
+
+def check_tool_choice(choice: dict) -> None:
+    check_type(choice.get("type"), *STRING, "tool_choice.type")
+    kind = choice.get("type")
+    if kind == "function":
+        function = choice.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ClientError("tool_choice.function must be an object with a string 'name'.",
+                              param="tool_choice.function")
+    elif kind == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        if not isinstance(allowed, dict) or not isinstance(allowed.get("tools"), list):
+            raise ClientError("tool_choice.allowed_tools must be an object with a list of tools in 'tools'.",
+                              param="tool_choice.allowed_tools")
+        check_type(allowed.get("mode"), *STRING, "tool_choice.allowed_tools.mode")
+        for j, tool in enumerate(allowed["tools"]):
+            where = f"tool_choice.allowed_tools.tools[{j}]"
+            if not isinstance(tool, dict):
+                raise ClientError(f"{where} must be an object.", param=where)
+            check_type(tool.get("name"), *STRING, f"{where}.name")
+            check_type(tool.get("function"), *OBJECT, f"{where}.function")
+            check_type((tool.get("function") or {}).get("name"), *STRING, f"{where}.function.name")
+
+
+def check_response_format(fmt: dict) -> None:
+    check_type(fmt.get("type"), *STRING, "response_format.type")
+    if fmt.get("type") == "json_schema":
+        schema = fmt.get("json_schema")
+        check_type(schema, *OBJECT, "response_format.json_schema")
+        check_type((schema or {}).get("schema"), *OBJECT, "response_format.json_schema.schema")

@@ -70,7 +70,8 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise ClientError(f"The request body must be a JSON object, not {type(body).__name__}.",
                           code="invalid_json")
-    check_depth(body)
+    if len(raw) > 2 * MAX_DEPTH:  # deeper nesting takes an opening and a closing byte a level
+        check_depth(body)
     return body
 
 
@@ -99,8 +100,10 @@ def parse_chat(raw: bytes) -> dict:
                           param="messages")
     for i, message in enumerate(messages):
         check_message(i, message)
-    for name, (types, description) in _TYPES.items():
-        check_type(body.get(name), types, description, name)
+    for name, value in body.items():  # a body has a few of these fields, so loop over the body
+        spec = _TYPES.get(name)
+        if spec is not None:
+            check_type(value, *spec, name)
     for name in ("max_tokens", "max_completion_tokens", "n"):
         if body.get(name) is not None and body[name] < 1:
             raise ClientError(f"'{name}' must be at least 1.", param=name)
@@ -125,53 +128,65 @@ def check_type(value, types: tuple, description: str, where: str) -> None:
 
 
 def check_message(i: int, message) -> None:
-    where = f"messages[{i}]"
-    if not isinstance(message, dict):
-        raise ClientError(f"{where} must be an object with 'role' and 'content'.", param=where)
+    # Per message on every request: plain type() tests, and the field path built only for an error.
+    if type(message) is not dict:
+        raise ClientError(f"messages[{i}] must be an object with 'role' and 'content'.", param=f"messages[{i}]")
     role = message.get("role")
-    if not isinstance(role, str) or role not in ROLES:
+    if type(role) is not str or role not in ROLES:
         shown = role if isinstance(role, str) else type(role).__name__
-        raise ClientError(f"{where}.role must be one of {', '.join(sorted(ROLES))}; got {shown[:40]!r}.",
-                          param=f"{where}.role")
+        raise ClientError(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {shown[:40]!r}.",
+                          param=f"messages[{i}].role")
     content = message.get("content")
-    if content is None:
-        if role != "assistant":  # an assistant turn may be only tool calls (or empty)
-            raise ClientError(f"{where}.content is required for role '{role}'.", param=f"{where}.content")
-    elif isinstance(content, list):
+    if type(content) is list:
         for j, part in enumerate(content):
-            check_part(part, f"{where}.content[{j}]")
-    elif not isinstance(content, str):
-        raise ClientError(f"{where}.content must be a string or a list of content parts.",
-                          param=f"{where}.content")
+            check_part(part, i, j)
+    elif content is None:
+        if role != "assistant":  # an assistant turn may be only tool calls (or empty)
+            raise ClientError(f"messages[{i}].content is required for role '{role}'.",
+                              param=f"messages[{i}].content")
+    elif type(content) is not str:
+        raise ClientError(f"messages[{i}].content must be a string or a list of content parts.",
+                          param=f"messages[{i}].content")
     for name in ("name", "refusal"):
-        check_type(message.get(name), *STRING, f"{where}.{name}")
-    if role == "tool" and not isinstance(message.get("tool_call_id"), str):
-        raise ClientError(f"{where}.tool_call_id is required for tool messages.", param=f"{where}.tool_call_id")
+        if message.get(name) is not None and type(message[name]) is not str:
+            check_type(message[name], *STRING, f"messages[{i}].{name}")
     calls = message.get("tool_calls")
     if calls is not None:
-        check_type(calls, *LIST, f"{where}.tool_calls")
+        check_type(calls, *LIST, f"messages[{i}].tool_calls")
         for j, call in enumerate(calls):
-            check_tool_call(call, f"{where}.tool_calls[{j}]")
+            check_tool_call(call, i, j)
+    if role == "tool" and type(message.get("tool_call_id")) is not str:
+        raise ClientError(f"messages[{i}].tool_call_id is required for tool messages.",
+                          param=f"messages[{i}].tool_call_id")
 
 
-def check_part(part, where: str) -> None:
-    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-        raise ClientError(f"{where} must be an object with a string 'type'.", param=where)
+def check_part(part, i: int, j: int) -> None:
+    if type(part) is not dict or type(part.get("type")) is not str:
+        raise ClientError(f"messages[{i}].content[{j}] must be an object with a string 'type'.",
+                          param=f"messages[{i}].content[{j}]")
     spec = _PART_FIELDS.get(part["type"])
     if spec is None:
         return  # a type the gateway does not know: the adapter that cannot send it refuses it
     name, types = spec
     value = part.get(name)
+    where = f"messages[{i}].content[{j}].{name}"
     if not isinstance(value, types):
-        raise ClientError(f"{where}.{name} is required for a '{part['type']}' part "
-                          f"({' or '.join('a string' if t is str else 'an object' for t in types)}).",
-                          param=f"{where}.{name}")
-    if isinstance(value, dict):
+        raise ClientError(f"{where} is required for a '{part['type']}' part "
+                          f"({' or '.join('a string' if t is str else 'an object' for t in types)}).", param=where)
+    if type(value) is dict:
         for key in _PART_STRINGS[part["type"]]:
-            check_type(value.get(key), *STRING, f"{where}.{name}.{key}")
+            check_type(value.get(key), *STRING, f"{where}.{key}")
 
 
-def check_tool_call(call, where: str) -> None:
+def check_tool_call(call, i: int, j: int) -> None:
+    if type(call) is dict:
+        function = call.get("function")
+        if (type(function) is dict and type(function.get("name")) is str
+                and type(function.get("arguments", "")) is str
+                and type(call.get("id", "")) is str and type(call.get("type", "")) is str):
+            return
+    # The slow path only finds what to name in the error.
+    where = f"messages[{i}].tool_calls[{j}]"
     if not isinstance(call, dict):
         raise ClientError(f"{where} must be an object.", param=where)
     check_type(call.get("id"), *STRING, f"{where}.id")
@@ -183,6 +198,12 @@ def check_tool_call(call, where: str) -> None:
 
 
 def check_tool(i: int, tool) -> None:
+    if type(tool) is dict and tool.get("type", "function") == "function":
+        function = tool.get("function")
+        if (type(function) is dict and type(function.get("name")) is str and function["name"]
+                and type(function.get("description", "")) is str and type(function.get("parameters", {})) is dict
+                and type(function.get("strict", False)) is bool):
+            return
     where = f"tools[{i}]"
     if not isinstance(tool, dict):
         raise ClientError(f"{where} must be an object.", param=where)

@@ -5,14 +5,10 @@ translation either builds or refuses with a ClientError, never crashes.
 """
 import orjson
 
-from .providers.base import ClientError
+from .providers.base import MAX_DEPTH, ClientError, check_depth
 from .routing import check_model_name
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
-# orjson writes at most 254 levels. What the gateway builds from a body (a translation,
-# the trace's prompt) nests a few levels deeper than the body, hence the headroom.
-MAX_DEPTH = 246
-_HEADROOM = 254 - MAX_DEPTH
 
 STRING = ((str,), "a string")
 NUMBER = ((int, float), "a number")
@@ -73,22 +69,6 @@ def parse_json_object(raw: bytes) -> dict:
     if len(raw) > 2 * MAX_DEPTH:  # deeper nesting takes an opening and a closing byte a level
         check_depth(body)
     return body
-
-
-def check_depth(body: dict) -> None:
-    """Refuse values nested deeper than MAX_DEPTH, which could not be sent on or traced.
-
-    orjson's own limit is the test: one dump of the body inside _HEADROOM lists, in C
-    (about a tenth of the parse's time), where a Python walk would cost as much as the parse.
-    """
-    wrapped = body
-    for _ in range(_HEADROOM):
-        wrapped = [wrapped]
-    try:
-        orjson.dumps(wrapped)
-    except orjson.JSONEncodeError:
-        raise ClientError(f"The request nests values more than {MAX_DEPTH} levels deep. "
-                          "Send a flatter body.", code="invalid_json") from None
 
 
 def parse_chat(raw: bytes) -> dict:

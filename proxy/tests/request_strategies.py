@@ -54,7 +54,8 @@ def openai_part():
 def openai_tool_call():
     return mutated(some(id=mutated(TEXT), type=mutated(st.just("function")),
                         function=mutated(some(name=mutated(TEXT), arguments=mutated(
-                            st.sampled_from(["{}", '{"city": "Paris"}', "not json", "[1]", '{"a":' * 30 + "1" + "}" * 30]))))))
+                            st.sampled_from(["{}", '{"city": "Paris"}', "not json", "[1]", '{"a":' * 30 + "1" + "}" * 30,
+                             '{"a":' * 300 + "1" + "}" * 300, '{"a":' * 5000 + "1" + "}" * 5000]))))))
 
 
 def openai_message():

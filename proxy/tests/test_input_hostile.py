@@ -11,6 +11,7 @@ from yarl import URL
 from conftest import PROVIDER_KEYS
 from proxy import upstream
 from proxy.keystore import provider_keys
+from proxy.providers.base import MAX_DEPTH
 from traces.models import VASLog, as_dict
 
 USER = [{"role": "user", "content": "hi"}]
@@ -164,10 +165,27 @@ def test_deeply_nested_values_are_a_400(gateway, proxy_client, fake_upstream, en
     assert stored_log(gateway, r).status_code == 400
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "ollama"])
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_deeply_nested_tool_arguments_are_a_400(gateway, proxy_client, fake_upstream, provider, depth):
+    """Regression: arguments (a JSON string) parsed into an object too deep to send (a 500),
+    or past Python's recursion limit (RecursionError, a 500)."""
+    arguments = '{"a":' * depth + "1" + "}" * depth
+    messages = USER + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    r = post(proxy_client, "openai", {"model": "gpt-4.1", "messages": messages},
+             headers={"x-smartflow-provider": provider})
+    if depth > 1024:  # past what any parser here reads: not JSON, sent as {} (PROVIDERS.md §6.2)
+        assert r.status_code == 200, r.text
+        return
+    assert_error_shape("openai", r)
+    assert "arguments" in r.json()["error"]["message"] and fake_upstream.requests == []
+    assert stored_log(gateway, r).status_code == 400
+
+
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_nesting_up_to_the_limit_is_served_and_traced(gateway, proxy_client, fake_upstream, endpoint):
-    from proxy.validation import MAX_DEPTH
-
     _, body = ENDPOINTS[endpoint]
     model = "gpt-4.1" if endpoint == "openai" else "claude-sonnet-4-6"
     # the part sits at depth 4 (body, messages, message, content list): what fits below is the limit

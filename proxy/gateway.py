@@ -40,7 +40,7 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
                   native=None, native_provider: str | None = None) -> Call:
     """Routing and request translation (stages 'routing' and 'translation').
 
-    native: the client's own body (formats.anthropic.NativeBody) when its format has a
+    native: the client's own body (formats.anthropic_request.NativeBody) when its format has a
     provider that speaks it; chat is then only what routing needs until it is translated.
     """
     tiers = await routing.table.get()

@@ -38,8 +38,12 @@ class Call:
 
 
 async def prepare(chat: dict, headers: dict[str, str], principal: Principal, trace: Trace,
-                  native: dict | None = None, native_provider: str | None = None) -> Call:
-    """Routing and request translation (stages 'routing' and 'translation')."""
+                  native=None, native_provider: str | None = None) -> Call:
+    """Routing and request translation (stages 'routing' and 'translation').
+
+    native: the client's own body (formats.anthropic_request.NativeBody) when its format has a
+    provider that speaks it; chat is then only what routing needs until it is translated.
+    """
     tiers = await routing.table.get()
     route = routing.route(chat["model"], headers.get("x-smartflow-provider"), tiers)
     trace.set(client_model=chat["model"], provider=route.provider,
@@ -60,8 +64,10 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     base_url = settings.SMARTFLOW_BASE_URLS[route.provider]
     is_native = native is not None and native_provider == route.provider
     if is_native:
-        request = provider.build_native_request(native, route.upstream_model, base_url, key, headers)
+        request = provider.build_native_request(native.body, route.upstream_model, base_url, key, headers)
     else:
+        if native is not None:  # the client's format is translated only now that another provider serves it
+            chat = native.translate(route.provider)
         request = provider.build_request(chat, route.upstream_model, base_url, key)
     if request.dropped:
         trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=request.dropped)

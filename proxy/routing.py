@@ -21,6 +21,11 @@ _NATIVE = [
 # Words that suggest a tier for a model the table does not know.
 _FAST_HINT = re.compile(r"mini|nano|haiku|lite|small|tiny|\b\d{1,2}b\b|[-:]([1-9]|1[0-4])b")
 _FLAGSHIP_HINT = re.compile(r"opus|pro\b|-pro|ultra|large|max|^o\d|70b|405b|r1|reason")
+# What real model names look like (gpt-4.1, qwen2.5:14b, anthropic/claude-sonnet-4-6,
+# hf.co/org/repo:Q4_K_M, name@version). The name ends up in upstream URLs (Gemini puts it in
+# the path) and in the x-smartflow-model header, so nothing else gets through: no '?', '#',
+# '%', whitespace or control characters. fullmatch, so a trailing newline is no match.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,19 @@ def infer_tier(model: str) -> str:
     if _FLAGSHIP_HINT.search(name):
         return "flagship"
     return "balanced"
+
+
+def check_model_name(model) -> str:
+    """The client's model name, if it is one; else a 400 naming `model`."""
+    if not isinstance(model, str) or not model:
+        raise ClientError("'model' is required and must be a non-empty string.", param="model")
+    # Empty, '.' or '..' path segments would move a URL built from the name (Gemini's).
+    if not _MODEL_NAME.fullmatch(model) or any(part in ("", ".", "..") for part in model.split("/")):
+        raise ClientError(f"'model' {model[:60]!r} is not a model name: use letters, digits and "
+                          "'.', '_', ':', '/', '@', '+', '-' (at most 200 characters, no empty, "
+                          "'.' or '..' segments between slashes), for example 'gpt-4.1' or "
+                          "'anthropic/claude-sonnet-4-6'.", param="model", code="invalid_model")
+    return model
 
 
 def check_provider(name: str) -> str:

@@ -20,6 +20,7 @@ from .auth import authenticate, authenticate_sync, key_from_headers
 from .errors import openai_error
 from .formats import ANTHROPIC, OPENAI
 from .providers.base import ClientError, UpstreamError
+from .scrub import describe
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ async def handle(client_format, scope, receive, send):
     except ConnectionAbortedError:
         trace.set(status_code=499, error="client disconnected before sending the whole body")
     except Exception as err:  # never a traceback to the client; the log and trace keep the cause
-        log.exception("chat request failed")
-        trace.set(error=repr(err))
+        log.exception("chat request failed")  # the logging filter scrubs keys from the traceback
+        trace.set(error=describe(err))
         await fail(client_format, send, trace, call, RuntimeError(f"Internal gateway error; see trace {trace.id}."))
     finally:
         recorder.add(trace.record())

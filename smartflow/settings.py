@@ -266,7 +266,9 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # Provider keys never reach a log line: every record is scrubbed before it is written.
+    "filters": {"scrub_secrets": {"()": "proxy.scrub.ScrubSecrets"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["scrub_secrets"]}},
     "root": {"handlers": ["console"], "level": env_str("SMARTFLOW_LOG_LEVEL", "INFO")},
     # httpx logs every request at INFO: too costly, and noise, on the hot path.
     "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},

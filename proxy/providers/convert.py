@@ -8,7 +8,9 @@ import secrets
 import string
 from typing import Any
 
-from .base import ClientError, StreamState, text_of
+import orjson
+
+from .base import ClientError, StreamState, check_depth, text_of
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,14 @@ def parse_arguments(arguments: Any) -> dict:
     if not arguments:
         return {}
     try:
-        value = json.loads(arguments)
+        value = orjson.loads(arguments)  # stops at 1,024 levels, where json.loads hits RecursionError
     except (TypeError, ValueError):
         log.warning("tool call arguments are not valid JSON; sending {}")
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    check_depth(value, "Tool call arguments")  # they go upstream as an object
+    return value
 
 
 def dump_arguments(value: Any) -> str:

@@ -25,9 +25,8 @@ from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
 from proxy.formats.anthropic_stream import StreamTranslator
-from proxy.formats.anthropic import (error_body, error_response,
-                                     error_status_and_type, to_anthropic_response,
-                                     validate_and_convert)
+from proxy.formats.anthropic import error_body, error_response, error_status_and_type, to_anthropic_response
+from proxy.formats.anthropic_request import validate_and_convert
 from proxy.providers.base import ClientError, UpstreamError
 from proxy.sse import named_event
 

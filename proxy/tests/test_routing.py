@@ -2,7 +2,7 @@
 import pytest
 
 from proxy.providers.base import ClientError
-from proxy.routing import infer_tier, load_table, route
+from proxy.routing import check_model_name, infer_tier, load_table, route
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,20 @@ def test_the_route_memo_is_bounded(tiers):
     for i in range(10_050):
         route(f"gpt-flood-{i}", None, tiers)
     assert len(tiers.memo) <= 10_001
+
+
+@pytest.mark.parametrize("name", ["gpt-4.1", "qwen2.5:14b", "anthropic/claude-sonnet-4-6", "gemini-2.5-flash",
+                                  "meta-llama/Llama-3.3-70B", "hf.co/bartowski/Llama-3.2-3B-Instruct-GGUF:Q4_K_M",
+                                  "llama3.3:70b-instruct-q4_K_M", "model@2025-01-01", "phi4+lora", "o3", "a" * 200])
+def test_it_accepts_real_model_names(name):
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize("name", [None, "", 7, ["gpt-4.1"], "gemini/../../v1beta/cachedContents?x=", "a/../b",
+                                  "a/./b", "a//b", "a/", "/a", "..", "gpt-4.1\r\n", "gpt-4.1\n", "gpt 4.1", "gpt\t4",
+                                  "gpt-4.1?x", "gpt#1", "gpt%2e", "ǵpt", "-x", ".x", "a" * 201, "gpt\x00"])
+def test_it_refuses_what_is_not_a_model_name(name):
+    with pytest.raises(ClientError) as err:
+        check_model_name(name)
+    assert err.value.status == 400 and err.value.param == "model"
+    assert "\n" not in err.value.message and "\x00" not in err.value.message  # safe to log and store

@@ -111,8 +111,8 @@ _health_running: dict = {}
 async def _probe(check) -> dict:
     future = _health_running.get(check)
     if future is None or future.done():
-        future = _health_running[check] = asyncio.wrap_future(_health_pool.submit(check))
-    done, _ = await asyncio.wait([future], timeout=settings.SMARTFLOW_HEALTH_TIMEOUT)
+        future = _health_running[check] = _health_pool.submit(check)
+    done, _ = await asyncio.wait([asyncio.wrap_future(future)], timeout=settings.SMARTFLOW_HEALTH_TIMEOUT)
     if not done:
         return {"ok": False, "error": "timeout"}
     if future.exception() is not None:

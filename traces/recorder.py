@@ -29,18 +29,30 @@ RECORD_OVERHEAD = 512  # bytes counted for a record's fixed fields
 
 
 def estimate_bytes(value) -> int:
-    """Roughly what a value costs in memory: string lengths plus a little per node (no JSON pass)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + estimate_bytes(v) for k, v in value.items()) + 16
-    if isinstance(value, (list, tuple)):
-        return sum(estimate_bytes(v) for v in value) + 8
-    return 8
+    """Roughly the bytes a JSON-like value holds: its strings' lengths plus a little per node.
+
+    One pass over the nodes (never over the characters, and no JSON encoding): a
+    base64 image costs as much to measure as a word.
+    """
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            size += len(item)
+        elif kind is dict:
+            size += 16 * len(item)
+            stack.extend(item.values())
+        elif kind is list:
+            size += 8 * len(item)
+            stack.extend(item)
+        else:
+            size += 8
+    return size
 
 
 def record_bytes(record: dict) -> int:
-    return (RECORD_OVERHEAD + estimate_bytes(record.get("prompt")) + estimate_bytes(record.get("response"))
+    return (RECORD_OVERHEAD + estimate_bytes([record.get("prompt"), record.get("response")])
             + len(record.get("error") or "") + len(record.get("team") or "")
             + len(record.get("client_model") or "") + len(record.get("upstream_model") or ""))
 
@@ -92,6 +104,7 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._stopped = False  # by the lifespan's shutdown: a late request does not start it again
         self._retry_at = 0.0
         self._retry_pause = 0.0
         self.write_failures = 0  # write attempts that failed (the batch is retried)
@@ -106,7 +119,7 @@ class Recorder:
         self.reporters: list = []
 
     def add(self, record: dict):
-        if self._task is None or self._task.done():
+        if (self._task is None or self._task.done()) and not self._stopped:
             self._start_on_this_loop()
         for observe in self.observers:
             try:
@@ -153,12 +166,14 @@ class Recorder:
                 "last_failure": self.last_failure or None}
 
     def start(self):
+        self._stopped = False
         if self._task is None or self._task.done():
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
             self._task = self._loop.create_task(self._run())
 
     async def stop(self):
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             try:

@@ -112,12 +112,14 @@ async def _probe(check) -> dict:
     future = _health_running.get(check)
     if future is None or future.done():
         future = _health_running[check] = _health_pool.submit(check)
-    done, _ = await asyncio.wait([asyncio.wrap_future(future)], timeout=settings.SMARTFLOW_HEALTH_TIMEOUT)
+    waiting = asyncio.wrap_future(future)
+    done, _ = await asyncio.wait([waiting], timeout=settings.SMARTFLOW_HEALTH_TIMEOUT)
     if not done:
+        waiting.cancel()  # the check itself runs on; the next probe waits for it again
         return {"ok": False, "error": "timeout"}
-    if future.exception() is not None:
-        return {"ok": False, "error": type(future.exception()).__name__}
-    return {"ok": future.result() is not False}
+    if waiting.exception() is not None:
+        return {"ok": False, "error": type(waiting.exception()).__name__}
+    return {"ok": waiting.result() is not False}
 
 
 async def health(request):

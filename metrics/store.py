@@ -197,10 +197,15 @@ class CounterStore:
         if client is None:
             return count, size
         me, oldest = str(os.getpid()), time.time() - WRITER_FRESH_SECONDS
+        gone = []
         for pid, value in client.hgetall(self.writer_key()).items():
             other_count, other_size, stamp = value.decode().split()
-            if pid.decode() != me and float(stamp) >= oldest:
+            if float(stamp) < oldest:
+                gone.append(pid)
+            elif pid.decode() != me:
                 count, size = count + int(other_count), size + int(other_size)
+        if gone:
+            client.hdel(self.writer_key(), *gone)
         return count, size
 
     def reset_local(self):

@@ -199,6 +199,8 @@ class Recorder:
     def flush_sync(self) -> bool:
         """Writes the whole backlog in batches; False when the database was unavailable."""
         with self._flushing:
+            if not self.pending:
+                return True  # nothing to write or to report (an idle process, its exit)
             try:
                 return self._write_all()
             finally:

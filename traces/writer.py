@@ -17,6 +17,7 @@ retry it later); ON CONFLICT DO NOTHING makes such a retry harmless.
 """
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 
 import orjson
 from django.db import DatabaseError, DataError, IntegrityError, connection, models, transaction
@@ -47,6 +48,10 @@ class Column:
     convert: object  # to the database's form, or None
 
 
+def _adapt_decimal(ops, max_digits, decimal_places, value):
+    return ops.adapt_decimalfield_value(value, max_digits, decimal_places)
+
+
 def _columns() -> list[Column]:
     ops = connection.ops
     columns = []
@@ -59,8 +64,7 @@ def _columns() -> list[Column]:
         elif isinstance(f, models.DateTimeField):
             convert = ops.adapt_datetimefield_value
         elif isinstance(f, models.DecimalField):
-            convert = (lambda field: lambda v: ops.adapt_decimalfield_value(
-                v, field.max_digits, field.decimal_places))(f)
+            convert = partial(_adapt_decimal, ops, f.max_digits, f.decimal_places)
         columns.append(Column(f.name, f.get_default(), kind, getattr(f, "max_length", None), convert))
     return columns
 

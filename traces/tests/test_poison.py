@@ -4,6 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from conftest import wait_for
 from metrics.tests.conftest import Scrape
 from traces.models import VASLog
 
@@ -28,6 +29,17 @@ def test_nul_in_prompt_response_and_upstream_error_is_stored(gateway, proxy_clie
     assert r.status_code == 502
     log = gateway.log(r.headers["x-smartflow-request-id"])
     assert "\x00" not in log.error and "NUL characters in error replaced" in log.error
+
+
+@pytest.mark.parametrize("model", ["m" * 10_000, "gpt-4.1\u0000", "\u0000" * 300])
+def test_a_hostile_model_name_leaves_exactly_one_vaslog(gateway, proxy_client, model):
+    try:
+        proxy_client.post("/v1/chat/completions", json={**CHAT, "model": model})
+    except httpx.RemoteProtocolError:
+        pass  # what the client gets is the proxy's business; here, only that the trace is kept
+    wait_for(lambda: gateway.flush_traces() or VASLog.objects.exists())
+    (log,) = VASLog.objects.all()
+    assert len(log.client_model) <= 200 and "\x00" not in log.client_model + log.upstream_model + log.error
 
 
 def test_a_burst_with_one_poisonous_request_in_a_hundred_leaves_one_vaslog_each(gateway, master_key, fake_upstream):

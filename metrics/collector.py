@@ -55,6 +55,8 @@ class SmartflowCollector:
             for labels, value in sorted(by_metric.get(metric.name, ())):
                 if len(labels) == len(metric.labels):
                     family.add_metric(labels, value)
+            if not metric.labels and not family.samples:
+                family.add_metric((), 0.0)  # one series without labels: there from the start, at 0
             yield family
 
         yield self._overhead(by_metric.get(r.OVERHEAD.name, ()))

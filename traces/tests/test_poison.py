@@ -90,6 +90,7 @@ def test_a_database_that_refuses_writes_shows_in_health_and_metrics(gateway, pro
     after = Scrape(httpx.get(gateway.management_url + "/metrics"))
     assert after.value("smartflow_trace_backlog") >= 5 and after.value("smartflow_trace_backlog_bytes") > 0
     assert after.value("smartflow_trace_write_failures_total") > before.value("smartflow_trace_write_failures_total")
+    assert "\nsmartflow_traces_dropped_total " in after.text  # a zero is shown, not left out
     for name, kind in (("smartflow_trace_backlog", "gauge"), ("smartflow_trace_backlog_bytes", "gauge"),
                        ("smartflow_trace_write_failures_total", "counter"),
                        ("smartflow_traces_dropped_total", "counter")):
@@ -107,12 +108,13 @@ def test_the_writer_drops_past_its_bounds_and_counts_it(gateway, proxy_client, s
     settings.SMARTFLOW_TRACE_BACKLOG_MAX = 3
     from traces.recorder import recorder
 
+    gateway.flush_traces()
     dropped = recorder.dropped
     with recorder._flushing:  # the writer is busy (a slow database): requests pile up
         for _ in range(6):
             assert proxy_client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        wait_for(lambda: recorder.dropped - dropped == 3)  # the last trace is added just after its answer
         assert len(recorder.pending) == 3
-    assert recorder.dropped - dropped == 3
     gateway.flush_traces()
     scrape = Scrape(httpx.get(gateway.management_url + "/metrics"))
     assert scrape.value("smartflow_traces_dropped_total") >= 3

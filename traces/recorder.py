@@ -8,7 +8,8 @@ is left, so a graceful stop loses nothing.
 
 While the database is unavailable batches go back to the backlog and are
 retried with a growing pause; the backlog is bounded by count and by an
-estimate of its bytes, beyond which the oldest traces are dropped (counted).
+estimate of its bytes (taken while the writer is behind), beyond which the
+oldest traces are dropped (counted).
 """
 import asyncio
 import atexit
@@ -126,15 +127,19 @@ class Recorder:
                 observe(record)
             except Exception:
                 log.exception("trace observer failed")
-        size = record_bytes(record)
+        batch_size = settings.SMARTFLOW_TRACE_BATCH_SIZE
+        # Sizes matter only while the writer is behind (a batch or more waiting): measured then,
+        # a flat guess before, so a writer that keeps up costs the request path nothing here.
+        behind = len(self.pending) >= batch_size
+        size = record_bytes(record) if behind else RECORD_OVERHEAD
         with self._lock:
             self.pending.append(record, size)
-            if len(self.pending) > settings.SMARTFLOW_TRACE_BACKLOG_MAX or \
-                    self.pending.bytes > settings.SMARTFLOW_TRACE_BACKLOG_BYTES:
+            waiting = len(self.pending)
+            if waiting > settings.SMARTFLOW_TRACE_BACKLOG_MAX or (
+                    behind and self.pending.bytes > settings.SMARTFLOW_TRACE_BACKLOG_BYTES):
                 self._drop_oldest()
-            full = len(self.pending) >= settings.SMARTFLOW_TRACE_BATCH_SIZE
-        if full and self._wake is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        if waiting == batch_size and self._wake is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)  # a full batch: write it now
 
     def _drop_oldest(self):
         dropped = self.pending.drop_oldest(settings.SMARTFLOW_TRACE_BACKLOG_MAX,

@@ -109,6 +109,7 @@ def test_an_unavailable_database_keeps_the_backlog_and_a_later_attempt_writes_it
 def test_the_backlog_is_bounded_by_bytes_as_well_as_by_count(settings):
     settings.SMARTFLOW_TRACE_BACKLOG_BYTES = 1_000_000
     settings.SMARTFLOW_TRACE_BACKLOG_MAX = 1_000
+    settings.SMARTFLOW_TRACE_BATCH_SIZE = 1  # the writer is behind from the first trace on
     writer = Recorder()
     big = [record(prompt=[{"role": "user", "content": "x" * 100_000}]) for _ in range(25)]
     for rec in big:

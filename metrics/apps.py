@@ -13,11 +13,11 @@ class MetricsConfig(AppConfig):
         from .collector import collector
         from .store import counters
 
-        # Live counters: noted on the request path, counted with each trace batch.
+        # Live counters: noted on the request path, counted after each trace write.
         if counters.observe not in recorder.observers:
             recorder.observers.append(counters.observe)
-        if counters.on_batch not in recorder.listeners:
-            recorder.listeners.append(counters.on_batch)
+        if counters.on_writer not in recorder.reporters:
+            recorder.reporters.append(counters.on_writer)
         try:
             prometheus_client.REGISTRY.register(collector)
         except ValueError:  # already registered (ready() ran twice)

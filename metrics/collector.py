@@ -55,6 +55,8 @@ class SmartflowCollector:
             for labels, value in sorted(by_metric.get(metric.name, ())):
                 if len(labels) == len(metric.labels):
                     family.add_metric(labels, value)
+            if not metric.labels and not family.samples:
+                family.add_metric((), 0.0)  # one series without labels: there from the start, at 0
             yield family
 
         yield self._overhead(by_metric.get(r.OVERHEAD.name, ()))
@@ -75,6 +77,22 @@ class SmartflowCollector:
             age.add_metric((), max(time.time() - rolled["computed_at"], 0.0))
         yield age
         yield GaugeMetricFamily(r.CACHE_SIZE.name, r.CACHE_SIZE.help, value=cache_size_bytes())
+        yield from self._trace_backlog()
+
+    def _trace_backlog(self):
+        from traces.recorder import recorder
+
+        count = GaugeMetricFamily(r.TRACE_BACKLOG.name, r.TRACE_BACKLOG.help)
+        size = GaugeMetricFamily(r.TRACE_BACKLOG_BYTES.name, r.TRACE_BACKLOG_BYTES.help)
+        try:
+            backlog = counters.writer_backlog(recorder)
+        except Exception:
+            log.warning("metrics: other processes' trace backlog unavailable", exc_info=True)
+            backlog = (len(recorder.pending), recorder.pending.bytes)
+        count.add_metric((), backlog[0])
+        size.add_metric((), backlog[1])
+        yield count
+        yield size
 
     def _overhead(self, samples):
         counts = {labels[1]: value for labels, value in samples if labels[:1] == ("bucket",)}

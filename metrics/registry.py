@@ -34,7 +34,14 @@ PROVIDER_ERRORS = Metric("smartflow_provider_errors_total", "counter",
 COST = Metric("smartflow_cost_usd_total", "counter",
               "Spend in US dollars, from the tier table's prices.", ("provider", "model"))
 
-COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST)
+TRACE_WRITE_FAILURES = Metric("smartflow_trace_write_failures_total", "counter",
+                              "Trace batches the database did not take (database unavailable); "
+                              "they stay in the backlog and are retried.")
+TRACES_DROPPED = Metric("smartflow_traces_dropped_total", "counter",
+                        "Traces lost: dropped from a backlog over its bounds, or not storable even in part.")
+
+COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST,
+            TRACE_WRITE_FAILURES, TRACES_DROPPED)
 
 OVERHEAD = Metric("smartflow_overhead_seconds", "histogram",
                   "The gateway's own time per request: total time minus time waiting on the provider.")
@@ -51,6 +58,10 @@ CACHE_HIT_RATE = Metric("smartflow_cache_hit_rate", "gauge",
                         "Share of cache hits among cache hits and misses over the last 1,000 requests (0..1).")
 CACHE_SIZE = Metric("smartflow_cache_size_bytes", "gauge",
                     "Memory held by the cache (Redis used_memory, or the in-process cache's stored bytes).")
+TRACE_BACKLOG = Metric("smartflow_trace_backlog", "gauge",
+                       "Traces in memory waiting to be written to the database, over all gateway processes.")
+TRACE_BACKLOG_BYTES = Metric("smartflow_trace_backlog_bytes", "gauge",
+                             "Estimated bytes of the traces waiting to be written, over all gateway processes.")
 ROLLUP_AGE = Metric("smartflow_rollup_age_seconds", "gauge",
                     "Age of the roll-up behind the latency and hit-rate gauges.")
 

@@ -1,14 +1,18 @@
 """Live counters: noted in memory on the request path, added up in Redis (or in process).
 
 The recorder calls ``counters.observe(record)`` for every finished request:
-one deque append, no I/O. ``flush()`` (run after each trace batch is written,
-and before each scrape) turns what was noted into increments and applies
-them in one Redis pipeline, so several gateway processes add up to one set
-of totals. Without REDIS_URL the totals live in this process.
+it keeps the few values the counters need (not the record) in a deque, no
+I/O. ``flush()`` (run after each trace write attempt, and before each scrape)
+turns what was noted into increments and applies them in one Redis pipeline,
+so several gateway processes add up to one set of totals. Without REDIS_URL
+the totals live in this process. The trace writer's backlog is a gauge each
+process publishes under its pid; a scrape adds up the fresh ones.
 """
 import bisect
 import logging
+import os
 import threading
+import time
 from collections import defaultdict, deque
 from decimal import Decimal
 
@@ -18,7 +22,9 @@ from . import registry as r
 
 log = logging.getLogger(__name__)
 SEP = "\x1f"  # between a metric name and its label values in a Redis hash field
-MAX_UNFLUSHED = 500_000  # records noted but not yet counted; beyond this the oldest are dropped
+MAX_UNFLUSHED = 500_000  # requests noted but not yet counted; beyond this the oldest are dropped
+MAX_MODEL_NAME = 200  # a longer name is no known model: counted as "other" without keeping it
+WRITER_FRESH_SECONDS = 30  # a process's published backlog older than this is gone (process ended)
 
 
 def field(metric: r.Metric, *values: str) -> str:
@@ -43,36 +49,41 @@ def _tier_table():
         return routing.table.last()
 
 
-def increments(records) -> dict[str, float]:
-    """What a list of VASLog records adds to each counter (and the overhead histogram)."""
+def note(record: dict) -> tuple:
+    """What the counters need of a finished request (the record itself is not kept)."""
+    name = record.get("upstream_model") or record.get("client_model") or ""
+    return (record.get("provider"), name if len(name) <= MAX_MODEL_NAME else "", record.get("status_code"),
+            record.get("cache"), record.get("tokens_input"), record.get("tokens_output"),
+            record.get("cost_usd"), record.get("overhead_ms"))
+
+
+def increments(notes) -> dict[str, float]:
+    """What a list of noted requests adds to each counter (and the overhead histogram)."""
     tiers = _tier_table()
     models: dict[str, str] = {}
     out: dict[str, float] = defaultdict(float)
-    for rec in records:
-        provider = r.provider_label(rec.get("provider"))
-        name = rec.get("upstream_model") or rec.get("client_model") or ""
+    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms in notes:
+        provider = r.provider_label(provider)
         model = models.get(name)
         if model is None:
             model = models[name] = r.model_label(name, tiers)
-        status_code = int(rec.get("status_code") or 0)
+        status_code = int(status_code or 0)
         status = r.status_label(status_code)
         out[field(r.REQUESTS, provider, model, status)] += 1
-        cache = rec.get("cache")
         if cache == "hit":
             out[field(r.CACHE_HITS, provider, model)] += 1
         elif cache == "miss":
             out[field(r.CACHE_MISSES, provider, model)] += 1
-        if rec.get("tokens_input"):
-            out[field(r.TOKENS_INPUT, provider, model)] += int(rec["tokens_input"])
-        if rec.get("tokens_output"):
-            out[field(r.TOKENS_OUTPUT, provider, model)] += int(rec["tokens_output"])
-        cost = rec.get("cost_usd")
+        if tokens_input:
+            out[field(r.TOKENS_INPUT, provider, model)] += int(tokens_input)
+        if tokens_output:
+            out[field(r.TOKENS_OUTPUT, provider, model)] += int(tokens_output)
         if cost:
             out[field(r.COST, provider, model)] += float(Decimal(str(cost)))
         # 502/503/504 are what the gateway answers when the provider failed or timed out.
         if status_code in (502, 503, 504) and provider != r.NO_PROVIDER:
             out[field(r.PROVIDER_ERRORS, provider, status)] += 1
-        overhead_s = max(float(rec.get("overhead_ms") or 0.0), 0.0) / 1000
+        overhead_s = max(float(overhead_ms or 0.0), 0.0) / 1000
         slot = bisect.bisect_left(r.OVERHEAD_BUCKETS, overhead_s)
         le = repr(r.OVERHEAD_BUCKETS[slot]) if slot < len(r.OVERHEAD_BUCKETS) else "+Inf"
         out[field(r.OVERHEAD, "bucket", le)] += 1
@@ -89,10 +100,12 @@ class CounterStore:
         self._unsent: dict[str, float] = defaultdict(float)  # increments Redis has not taken yet
         self._redis = None
         self._redis_url = None
+        self._writer_seen = (0, 0)  # the trace writer's failures and drops already counted
+        self._writer_published = (None, 0.0)  # (backlog, bytes) last published, and when
 
     # --- request path -------------------------------------------------------------
     def observe(self, record: dict):
-        self._noted.append(record)
+        self._noted.append(note(record))
 
     # --- off the request path -------------------------------------------------------
     def key(self) -> str:
@@ -111,14 +124,14 @@ class CounterStore:
 
     def flush(self):
         """Counts what was noted since the last flush and applies it (one Redis round trip)."""
-        records = []
+        notes = []
         while True:
             try:
-                records.append(self._noted.popleft())
+                notes.append(self._noted.popleft())
             except IndexError:
                 break
         with self._lock:
-            for name, value in increments(records).items() if records else ():
+            for name, value in increments(notes).items() if notes else ():
                 self._unsent[name] += value
             if not self._unsent:
                 return
@@ -152,15 +165,56 @@ class CounterStore:
         raw = client.hgetall(self.key())
         return {k.decode(): float(v) for k, v in raw.items()}
 
-    def on_batch(self, batch):
-        """Recorder listener: counters are flushed along with each written trace batch."""
+    def writer_key(self) -> str:
+        return f"{settings.SMARTFLOW_METRICS_PREFIX}:trace-writer"
+
+    def on_writer(self, recorder):
+        """Recorder reporter (writer thread): its failures and drops become counters, its backlog a gauge."""
+        seen_failures, seen_dropped = self._writer_seen
+        failures, dropped = recorder.write_failures, recorder.dropped
+        self._writer_seen = (failures, dropped)
+        with self._lock:
+            if failures > seen_failures:
+                self._unsent[field(r.TRACE_WRITE_FAILURES)] += failures - seen_failures
+            if dropped > seen_dropped:
+                self._unsent[field(r.TRACES_DROPPED)] += dropped - seen_dropped
         self.flush()
+        backlog = (len(recorder.pending), recorder.pending.bytes)
+        last, when = self._writer_published
+        client = self.redis()
+        if client is None or (backlog == last and time.time() - when < WRITER_FRESH_SECONDS / 3):
+            return
+        try:
+            client.hset(self.writer_key(), str(os.getpid()), f"{backlog[0]} {backlog[1]} {time.time()}")
+            self._writer_published = (backlog, time.time())
+        except Exception:
+            log.warning("metrics: Redis unavailable; trace backlog not published")
+
+    def writer_backlog(self, recorder) -> tuple[int, int]:
+        """Traces and bytes waiting to be written: this process's now, plus the other processes' fresh ones."""
+        count, size = len(recorder.pending), recorder.pending.bytes
+        client = self.redis()
+        if client is None:
+            return count, size
+        me, oldest = str(os.getpid()), time.time() - WRITER_FRESH_SECONDS
+        gone = []
+        for pid, value in client.hgetall(self.writer_key()).items():
+            other_count, other_size, stamp = value.decode().split()
+            if float(stamp) < oldest:
+                gone.append(pid)
+            elif pid.decode() != me:
+                count, size = count + int(other_count), size + int(other_size)
+        if gone:
+            client.hdel(self.writer_key(), *gone)
+        return count, size
 
     def reset_local(self):
         with self._lock:
             self._local.clear()
             self._unsent.clear()
         self._noted.clear()
+        self._writer_seen = (0, 0)
+        self._writer_published = (None, 0.0)
 
 
 counters = CounterStore()

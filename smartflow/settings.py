@@ -102,6 +102,13 @@ SMARTFLOW_CONFIG_TTL = env_float("SMARTFLOW_CONFIG_TTL", 5.0)
 SMARTFLOW_TRACE_BATCH_SIZE = env_int("SMARTFLOW_TRACE_BATCH_SIZE", 500)
 SMARTFLOW_TRACE_FLUSH_SECONDS = env_float("SMARTFLOW_TRACE_FLUSH_SECONDS", 0.2)
 SMARTFLOW_TRACE_RETENTION_DAYS = env_int("SMARTFLOW_TRACE_RETENTION_DAYS", 30)
+# Traces waiting for the database (it is down or slow): beyond either bound the oldest are dropped.
+SMARTFLOW_TRACE_BACKLOG_MAX = env_int("SMARTFLOW_TRACE_BACKLOG_MAX", 200_000)
+SMARTFLOW_TRACE_BACKLOG_BYTES = env_int("SMARTFLOW_TRACE_BACKLOG_BYTES", 256 * 1024 * 1024)
+# Idle keep-alive connections stay open this long: above a load balancer's usual 60 s idle timeout.
+SMARTFLOW_KEEPALIVE_SECONDS = env_int("SMARTFLOW_KEEPALIVE_SECONDS", 75)
+# Each /health check (database, cache) gets at most this many seconds.
+SMARTFLOW_HEALTH_TIMEOUT = env_float("SMARTFLOW_HEALTH_TIMEOUT", 2.0)
 SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS = env_int("SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS", 4096)
 # Key for encrypting provider keys at rest (Fernet); derived from SECRET_KEY if unset.
 SMARTFLOW_ENCRYPTION_KEY = env_str("SMARTFLOW_ENCRYPTION_KEY")

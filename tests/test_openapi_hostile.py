@@ -26,7 +26,7 @@ def test_a_nul_in_the_sso_config_is_a_clear_400(gateway, master_key, sso_clean):
     assert response.status_code == 400 and "NUL" in response.json()["error"], response.text
 
 
-@pytest.mark.parametrize("log_id", ["ab%00cd", "ab%0Acd", "x" * 300, "..%2F..%2Fadmin"])
+@pytest.mark.parametrize("log_id", ["ab%00cd", "ab%0Acd", "x" * 300, "f" * 33, "%E2%80%AE"])
 def test_a_malformed_log_id_is_a_404(gateway, master_key, log_id):
     # A NUL reached PostgreSQL in the lookup and answered 500.
     response = httpx.get(gateway.management_url + "/api/vas/logs/" + log_id,

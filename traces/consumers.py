@@ -1,9 +1,12 @@
 """WebSocket /ws/traces (management port): new trace rows for signed-in dashboards, each its teams' rows."""
 import asyncio
+import time
 from urllib.parse import urlsplit
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from sso.sessions import SESSION_KEY, ais_key_live
 from sso.teams import visible_teams
@@ -21,10 +24,17 @@ def same_origin(scope) -> bool:
     return urlsplit(origin.decode("latin-1")).netloc == host
 
 
+def standing(user_id) -> tuple[bool, frozenset[str] | None]:
+    """(still active, visible teams) read from the database, as every HTTP request reads them."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    return (False, frozenset()) if user is None else (True, visible_teams(user))
+
+
 class TracesConsumer(AsyncJsonWebsocketConsumer):
     groups = []
     teams: frozenset[str] | None = frozenset()  # whose rows this dashboard gets; None: every team's
     key_digest: str | None = None  # the session was opened with this key (sso/sessions.py)
+    recheck_at = 0.0  # the user's standing is read again after this (monotonic)
 
     async def connect(self):
         user, session = self.scope.get("user"), self.scope.get("session")
@@ -36,6 +46,7 @@ class TracesConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)
             return
         self.teams = await database_sync_to_async(visible_teams)(self.scope["user"])
+        self.recheck_at = time.monotonic() + settings.SMARTFLOW_CONFIG_TTL
         live.consumer_joined(asyncio.get_running_loop())
         await self.channel_layer.group_add(live.GROUP, self.channel_name)
         self.joined = True
@@ -51,6 +62,12 @@ class TracesConsumer(AsyncJsonWebsocketConsumer):
         if not await ais_key_live(self.key_digest):  # cached: a dict look-up until the TTL runs out
             await self.close(code=4401)
             return
+        if time.monotonic() >= self.recheck_at:  # deactivated, demoted, or moved out of a team since
+            active, self.teams = await database_sync_to_async(standing)(self.scope["user"].pk)
+            self.recheck_at = time.monotonic() + settings.SMARTFLOW_CONFIG_TTL
+            if not active:
+                await self.close(code=4401)
+                return
         rows = event["rows"]
         if self.teams is not None:
             rows = [row for row in rows if row["team"] in self.teams]

@@ -1,5 +1,6 @@
 """A team member reads only their teams' traces: the list, a trace by id, the page and the live WebSocket."""
 import json
+import time
 
 import httpx
 import pytest
@@ -254,3 +255,45 @@ def test_an_sso_user_of_one_team_cannot_read_anothers_trace(configure, op, gatew
                 assert api.get("/api/vas/logs", params={"q": other}).json()["data"] == []
         page = browser.get("/dashboard/traces.html")
         assert page.status_code == 200 and own in page.text and other not in page.text
+
+
+@pytest.mark.parametrize("change", ["deactivated", "left the team", "demoted"])
+def test_an_open_socket_follows_the_users_standing(gateway, settings, teams, member, staff_user, change):
+    """The socket is the one surface not re-read per request: within SMARTFLOW_CONFIG_TTL it must
+    stop pushing rows to a user who was deactivated, removed from the team or demoted from staff."""
+    from websockets.exceptions import ConnectionClosed
+
+    from proxy.models import VirtualKey
+
+    settings.SMARTFLOW_CONFIG_TTL = 0.3
+    key = VirtualKey.issue(teams["research"])[1]
+    user = staff_user if change == "demoted" else member
+    cookie = {"Cookie": f"{settings.SESSION_COOKIE_NAME}={session_of(user)}"}
+
+    def send(content):
+        r = httpx.post(gateway.proxy_url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "gpt-4.1", "messages": [{"role": "user", "content": content}]})
+        assert r.status_code == 200, r.text
+        return r.headers["x-smartflow-request-id"]
+
+    with connect(ws_url(gateway), additional_headers=cookie, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        before = send("before")
+        assert before in ws.recv(timeout=10)
+        if change == "deactivated":
+            user.is_active = False
+            user.save()
+        elif change == "left the team":
+            teams["research"].members.remove(user)
+        else:
+            user.is_staff = False
+            user.save()
+        time.sleep(0.4)
+        after = send("after")
+        try:
+            while True:
+                assert after not in ws.recv(timeout=2)
+        except TimeoutError:
+            assert change != "deactivated", "a deactivated user's socket stays open"
+        except ConnectionClosed as closed:
+            assert closed.rcvd.code == 4401

@@ -7,6 +7,7 @@ gets them from its consumer (traces/consumers.py).
 """
 import asyncio
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
 from asgiref.sync import async_to_sync
@@ -21,6 +22,9 @@ MAX_PUSH = 100  # newest rows per batch; a busy gateway's dashboard needs no mor
 # The event loop of the consumers of this process (set when one connects).
 _loop: asyncio.AbstractEventLoop | None = None
 _consumers = 0
+# Pushes for other processes' dashboards, off the writer thread (a hung Redis takes ~5 s each).
+_pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-traces")
+_push: Future | None = None
 
 
 def consumer_joined(loop: asyncio.AbstractEventLoop):
@@ -54,6 +58,7 @@ def message(batch: list[dict]) -> dict:
 
 def broadcast(batch: list[dict]):
     """Recorder listener (runs in the writer thread, never on the request path)."""
+    global _push
     layer = get_channel_layer()
     if layer is None or not batch:
         return
@@ -68,10 +73,16 @@ def broadcast(batch: list[dict]):
         future = asyncio.run_coroutine_threadsafe(layer.group_send(GROUP, payload), _loop)
         future.add_done_callback(_log_failure)
     else:
-        try:
-            async_to_sync(layer.group_send)(GROUP, payload)
-        except Exception:
-            log.warning("live traces: channel layer unavailable", exc_info=True)
+        if _push is not None and not _push.done():
+            return  # the last push is still out (a slow layer): live rows are best effort, traces are not
+        _push = _pusher.submit(_push_now, layer, payload)
+
+
+def _push_now(layer, payload: dict):
+    try:
+        async_to_sync(layer.group_send)(GROUP, payload)
+    except Exception:
+        log.warning("live traces: channel layer unavailable", exc_info=True)
 
 
 def _log_failure(future):

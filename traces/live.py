@@ -22,7 +22,8 @@ MAX_PUSH = 100  # newest rows per batch; a busy gateway's dashboard needs no mor
 # The event loop of the consumers of this process (set when one connects).
 _loop: asyncio.AbstractEventLoop | None = None
 _consumers = 0
-# Pushes for other processes' dashboards, off the writer thread (a hung Redis takes ~5 s each).
+# One push at a time, never waited for by the writer thread: a Redis that hangs holds one push,
+# not the writer, and not a pile of pushes. Without local consumers, pushes run on _pusher.
 _pusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-traces")
 _push: Future | None = None
 
@@ -68,13 +69,13 @@ def broadcast(batch: list[dict]):
     payload = message(batch)
     if not payload["rows"]:
         return
+    if _push is not None and not _push.done():
+        return  # the last push is still out (a slow layer): live rows are best effort, traces are not
     if _loop is not None and not _loop.is_closed():
         # Hand it to the consumers' loop without waiting: the writer thread moves on.
-        future = asyncio.run_coroutine_threadsafe(layer.group_send(GROUP, payload), _loop)
-        future.add_done_callback(_log_failure)
+        _push = asyncio.run_coroutine_threadsafe(layer.group_send(GROUP, payload), _loop)
+        _push.add_done_callback(_log_failure)
     else:
-        if _push is not None and not _push.done():
-            return  # the last push is still out (a slow layer): live rows are best effort, traces are not
         _push = _pusher.submit(_push_now, layer, payload)
 
 

@@ -1,8 +1,10 @@
 """A Redis that accepts connections and never answers must not slow the trace writer down."""
+import importlib.util
 import socket
 import threading
 import time
 
+import httpx
 import pytest
 
 from conftest import wait_for
@@ -49,3 +51,22 @@ def test_a_hung_channel_layer_does_not_hold_up_the_trace_writer(gateway, proxy_c
         assert r.status_code == 200
         ids.append(r.headers["x-smartflow-request-id"])
     wait_for(lambda: VASLog.objects.filter(id__in=ids).count() == len(ids), timeout=8)
+
+
+
+def configured_caches(url, monkeypatch) -> dict:
+    """CACHES as smartflow/settings.py builds them for REDIS_URL=url."""
+    monkeypatch.setenv("REDIS_URL", url)
+    spec = importlib.util.find_spec("smartflow.settings")
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    return fresh.CACHES
+
+
+def test_metrics_answer_while_redis_hangs(gateway, settings, monkeypatch, hung_redis):
+    """The cache client had no socket timeout: a scrape (cache size, roll-up) waited as long as the
+    socket did (for good, outside this sandbox's 5 s network guard)."""
+    settings.REDIS_URL = hung_redis
+    settings.CACHES = configured_caches(hung_redis, monkeypatch)
+    r = httpx.get(gateway.management_url + "/metrics", timeout=10)  # Prometheus's default scrape timeout
+    assert r.status_code == 200 and "smartflow_requests_total" in r.text

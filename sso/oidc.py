@@ -22,6 +22,7 @@ from mozilla_django_oidc.utils import import_from_settings
 
 from .config import Provider
 from .errors import SsoError
+from .sessions import is_key_username
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,8 @@ class SmartflowOIDCBackend(OIDCAuthenticationBackend):
     def create_user(self, claims):
         base = (claims.get("preferred_username") or claims.get("email")
                 or f"{self.provider.name}-{claims['sub']}")[:140]
+        if is_key_username(base):  # "smartflow-admin", "key-…": the key sign-ins' accounts
+            base = f"sso-{base}"
         username, n = base, 1
         while self.UserModel.objects.filter(username=username).exists():
             n += 1

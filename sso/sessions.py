@@ -19,6 +19,16 @@ from django.contrib.auth import login
 from proxy.models import VirtualKey, hash_key
 
 SESSION_KEY = "smartflow_key_sha256"
+MASTER_USERNAME = "smartflow-admin"  # the master key's account; an admin key's is "key-<prefix>"
+
+
+def key_username(principal) -> str:
+    return MASTER_USERNAME if principal.is_master else f"key-{principal.key_prefix}"
+
+
+def is_key_username(name: str) -> bool:
+    """Names only key sign-ins may hold: an SSO user given one would be made staff by the next."""
+    return name == MASTER_USERNAME or name.startswith("key-")
 
 # key hash -> (checked until, still an unrevoked admin key)
 _checked: dict[str, tuple[float, bool]] = {}

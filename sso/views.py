@@ -14,7 +14,7 @@ from proxy.auth import authenticate_sync
 
 from . import config as sso_config
 from .flow import LOGIN_PAGE, SESSION_BACKEND
-from .sessions import sign_in_with_key
+from .sessions import key_username, sign_in_with_key
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ def _next(request) -> str:
 def _key_user(principal):
     """The staff user a key signs in as: one per admin key, so the admin log shows who did what."""
     User = get_user_model()
-    username = "smartflow-admin" if principal.is_master else f"key-{principal.key_prefix}"
-    user, created = User.objects.get_or_create(username=username, defaults={"is_staff": True})
+    user, created = User.objects.get_or_create(username=key_username(principal), defaults={"is_staff": True})
     if created:
         user.set_unusable_password()
     user.is_staff, user.is_active = True, True

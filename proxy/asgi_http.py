@@ -1,4 +1,5 @@
 """Just enough HTTP over raw ASGI for the proxy's hot path (no Django request cycle)."""
+import asyncio
 from dataclasses import dataclass
 
 from .providers.base import ClientError
@@ -13,13 +14,24 @@ class Request:
     client: tuple | None = None
 
 
-async def read_request(scope, receive, limit: int) -> Request:
+async def read_request(scope, receive, limit: int, timeout: float) -> Request:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(f"Request body is {int(declared):,} bytes; the limit is {limit:,} bytes. "
                           "Send a smaller request (for example fewer or smaller images).",
                           status=413, code="request_too_large")
+    try:
+        async with asyncio.timeout(timeout):  # a body that trickles or never comes holds nothing for good
+            chunks = await _read_body(receive, limit)
+    except TimeoutError:
+        raise ClientError(f"The request body did not arrive within {timeout:g} s.", status=408,
+                          code="request_timeout") from None
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return Request(scope["method"], scope["path"], headers, body, scope.get("client"))
+
+
+async def _read_body(receive, limit: int) -> list[bytes]:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -32,9 +44,7 @@ async def read_request(scope, receive, limit: int) -> Request:
                               status=413, code="request_too_large")
         chunks.append(chunk)
         if not message.get("more_body"):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return Request(scope["method"], scope["path"], headers, body, scope.get("client"))
+            return chunks
 
 
 def encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

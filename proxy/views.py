@@ -31,7 +31,8 @@ async def handle(client_format, scope, receive, send):
     trace = Trace(client_format.endpoint)
     call = None
     try:
-        request = await read_request(scope, receive, settings.SMARTFLOW_MAX_BODY_BYTES)
+        request = await read_request(scope, receive, settings.SMARTFLOW_MAX_BODY_BYTES,
+                                     settings.SMARTFLOW_BODY_TIMEOUT_SECONDS)
         principal = await authenticate(request.headers)
         trace.set(key_prefix=principal.key_prefix, team=principal.team or "")
         trace.stage("auth")

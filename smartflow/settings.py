@@ -105,6 +105,8 @@ SMARTFLOW_TRACE_RETENTION_DAYS = env_int("SMARTFLOW_TRACE_RETENTION_DAYS", 30)
 # Traces waiting for the database (it is down or slow): beyond either bound the oldest are dropped.
 SMARTFLOW_TRACE_BACKLOG_MAX = env_int("SMARTFLOW_TRACE_BACKLOG_MAX", 200_000)
 SMARTFLOW_TRACE_BACKLOG_BYTES = env_int("SMARTFLOW_TRACE_BACKLOG_BYTES", 256 * 1024 * 1024)
+# A chat request's body must arrive within this (slow or stalled uploads answer 408).
+SMARTFLOW_BODY_TIMEOUT_SECONDS = env_float("SMARTFLOW_BODY_TIMEOUT_SECONDS", 60.0)
 # Idle keep-alive connections stay open this long: above a load balancer's usual 60 s idle timeout.
 SMARTFLOW_KEEPALIVE_SECONDS = env_int("SMARTFLOW_KEEPALIVE_SECONDS", 75)
 # Each /health check (database, cache) gets at most this many seconds.

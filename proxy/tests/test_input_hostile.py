@@ -243,3 +243,35 @@ def test_an_unexpected_upstream_error_never_shows_the_provider_key(gateway, prox
     assert key not in caplog.text
     assert all(key not in rec.getMessage() and key not in (rec.exc_text or "") and rec.exc_info is None
                for rec in caplog.records)
+
+
+def test_a_body_that_never_arrives_is_a_408_with_its_trace(gateway, master_key, settings):
+    """A client that sends headers and then trickles, or nothing, held its connection (and a
+    task) for good and left no trace until it went away: slow-body clients pile up unseen."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    from conftest import wait_for
+
+    settings.SMARTFLOW_BODY_TIMEOUT_SECONDS = 0.5
+    url = urlsplit(gateway.proxy_url)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {master_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": \"gpt-4.1\",")
+    with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
+        before = VASLog.objects.count()
+        began = time.monotonic()
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert time.monotonic() - began < 3
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 408 " in status_line, answer
+    error = orjson.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_timeout" and error["type"] == "invalid_request_error"
+    wait_for(lambda: VASLog.objects.count() == before + 1)
+    assert VASLog.objects.order_by("-timestamp").first().status_code == 408

@@ -30,9 +30,12 @@ def _next(request) -> str:
 
 
 def _key_user(principal):
-    """The staff user a key signs in as: one per admin key, so the admin log shows who did what."""
+    """The staff user a key signs in as: one per admin key, so the admin log shows who did what.
+    None when an SSO user holds the name (promoting them would hand an IdP account staff rights)."""
     User = get_user_model()
     user, created = User.objects.get_or_create(username=key_username(principal), defaults={"is_staff": True})
+    if user.sso_identities.exists():  # an IdP named a user so before these names were reserved
+        return None
     if created:
         user.set_unusable_password()
     user.is_staff, user.is_active = True, True
@@ -56,8 +59,14 @@ def sso_login_page(request):
             context["key_error"] = ("That key was not accepted: use the master key or an admin key "
                                     "(a team's ordinary key cannot open the dashboard).")
             return render(request, "dashboard/sso_login.html", context, status=401)
+        user = _key_user(principal)
+        if user is None:
+            log.error("Dashboard key sign-in refused: account '%s' belongs to an SSO user", key_username(principal))
+            context["key_error"] = (f"The account '{key_username(principal)}' belongs to an SSO user: rename that "
+                                    "user in the admin, then sign in with the key again.")
+            return render(request, "dashboard/sso_login.html", context, status=409)
         # The session ends with the key (revoked, or a new master key): sso/sessions.py.
-        sign_in_with_key(request, _key_user(principal), raw_key, SESSION_BACKEND)
+        sign_in_with_key(request, user, raw_key, SESSION_BACKEND)
         return HttpResponseRedirect(_next(request))
     return render(request, "dashboard/sso_login.html", context)
 

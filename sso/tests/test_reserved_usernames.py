@@ -32,3 +32,22 @@ def test_an_idp_user_named_like_a_key_account_stays_a_member(configure, op, gate
         assert again.status_code == 200 and again.json()["user"]["is_staff"] is False
         assert {row["team"] for row in browser.get("/api/vas/logs").json()["data"]} == {"research"}
         assert browser.get("/admin/", follow_redirects=False).status_code == 302
+
+
+def test_a_key_sign_in_never_adopts_an_sso_account_that_already_holds_its_name(gateway, master_key):
+    """Accounts an IdP named so before the names were reserved: the key sign-in is refused."""
+    import re
+
+    from django.contrib.auth import get_user_model
+
+    from sso.models import SsoIdentity
+
+    user = get_user_model().objects.create_user("smartflow-admin")
+    SsoIdentity.objects.create(user=user, provider="corp", issuer="https://idp.example", subject="s-1")
+    with httpx.Client(base_url=gateway.management_url, timeout=10) as client:
+        form = client.get("/dashboard/sso_login.html")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        r = client.post("/dashboard/sso_login.html", data={"api_key": master_key, "csrfmiddlewaretoken": token})
+        assert r.status_code == 409 and "smartflow-admin" in r.text
+    user.refresh_from_db()
+    assert not (user.is_staff or user.is_superuser)

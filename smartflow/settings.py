@@ -119,6 +119,10 @@ SMARTFLOW_SSO_STATE_TTL = env_int("SMARTFLOW_SSO_STATE_TTL", 600)
 SMARTFLOW_ENTRA_AUTHORITY = env_str("SMARTFLOW_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
 
 REDIS_URL = env_str("REDIS_URL")
+# Every Redis key of the Django cache and of MetaCache starts with this.
+SMARTFLOW_CACHE_PREFIX = env_str("SMARTFLOW_CACHE_PREFIX", "smartflow")
+# MetaCache: cosine similarity a semantic hit needs (SMARTFLOW_CACHE=semantic).
+SMARTFLOW_CACHE_SEMANTIC_THRESHOLD = env_float("SMARTFLOW_CACHE_SEMANTIC_THRESHOLD", 0.95)
 
 # --- Django ----------------------------------------------------------------
 INSTALLED_APPS = [

@@ -1,0 +1,1 @@
+"""MetaCache: the response cache (exact and semantic); each backend is imported only when used."""

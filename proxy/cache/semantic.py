@@ -96,6 +96,12 @@ class _Embedder:
     async def aembed(self, text: str) -> np.ndarray | None:
         return await self.run(self.embed, text)
 
+    def warm(self):
+        """Starts loading the model on its thread and returns at once. Loading holds the GIL for
+        ~0.1 s (safetensors, tokenizer), which stalls the event loop once: call this at startup
+        in semantic mode so no request waits for it."""
+        self.pool().submit(self.model)
+
 
 embedder = _Embedder()
 

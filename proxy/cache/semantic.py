@@ -316,15 +316,15 @@ class RedisIndex(SemanticIndex):
         if self._is_down():
             return
         ttl = _ttl(ttl_s)
-        vector = await embedder.aembed(text)
-        if vector is None or ttl <= 0:
+        vector = await embedder.aembed(text) if ttl > 0 else None
+        if vector is None:
             return
         record = np.array([(time.time() + ttl, vector)], dtype=RECORD).tobytes()
         seconds = max(1, int(ttl + 0.999))
         try:
             pipe = self._client().pipeline(transaction=True)  # both lists change together
-            for key, value in zip(self._keys(scope), (record, entry_key)):
-                pipe.lpush(key, value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value)
+            for key, value in zip(self._keys(scope), (record, entry_key.encode("utf-8", "surrogatepass"))):
+                pipe.lpush(key, value)
                 pipe.ltrim(key, 0, PER_SCOPE - 1)
                 # The lists live as long as their longest-lived entry.
                 pipe.expire(key, seconds, nx=True)

@@ -206,3 +206,19 @@ def test_index_is_the_process_index_for_the_settings(settings):
     assert shared.prefix.startswith(settings.SMARTFLOW_CACHE_PREFIX + ":")
     settings.REDIS_URL = ""
     assert isinstance(semantic.index(), semantic.MemoryIndex)
+
+
+@pytest.mark.asyncio
+async def test_a_miss_embeds_its_text_once(monkeypatch):
+    model = semantic.embedder.model()
+    calls = []
+    real_embed = model.embed
+    monkeypatch.setattr(model, "embed", lambda text: calls.append(text) or real_embed(text))
+    index = semantic.MemoryIndex()
+    text = f"A question asked for the first time: {uuid.uuid4()}"
+    await index.add("scope", "Something else entirely.", "other")
+    calls.clear()
+    assert await index.search("scope", text) is None
+    await index.add("scope", text, "entry-1")
+    assert calls == [text]
+    assert (await index.search("scope", text))[0] == "entry-1"

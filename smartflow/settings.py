@@ -120,6 +120,10 @@ SMARTFLOW_SSO_STATE_TTL = env_int("SMARTFLOW_SSO_STATE_TTL", 600)
 SMARTFLOW_ENTRA_AUTHORITY = env_str("SMARTFLOW_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
 
 REDIS_URL = env_str("REDIS_URL")
+# Every Redis key of the Django cache and of MetaCache starts with this.
+SMARTFLOW_CACHE_PREFIX = env_str("SMARTFLOW_CACHE_PREFIX", "smartflow")
+# MetaCache: cosine similarity a semantic hit needs (SMARTFLOW_CACHE=semantic).
+SMARTFLOW_CACHE_SEMANTIC_THRESHOLD = env_float("SMARTFLOW_CACHE_SEMANTIC_THRESHOLD", 0.95)
 
 # --- MetaCache (proxy/policies/cache.py) ---------------------------------------------
 SMARTFLOW_CACHE = env_str("SMARTFLOW_CACHE", "exact").lower()
@@ -127,8 +131,6 @@ if SMARTFLOW_CACHE not in ("exact", "semantic", "off"):
     raise ImproperlyConfigured("SMARTFLOW_CACHE must be exact, semantic or off.")
 SMARTFLOW_CACHE_TTL = env_int("SMARTFLOW_CACHE_TTL", 3600)
 SMARTFLOW_CACHE_MAX_BYTES = env_int("SMARTFLOW_CACHE_MAX_BYTES", 64 * 1024 * 1024)
-SMARTFLOW_CACHE_SEMANTIC_THRESHOLD = env_float("SMARTFLOW_CACHE_SEMANTIC_THRESHOLD", 0.95)
-SMARTFLOW_CACHE_PREFIX = env_str("SMARTFLOW_CACHE_PREFIX", "smartflow")
 
 # --- Django ----------------------------------------------------------------
 INSTALLED_APPS = [

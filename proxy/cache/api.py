@@ -72,6 +72,10 @@ def cache_view(request):
     if request.method == "DELETE":
         try:
             stores.current().clear()
+            if settings.SMARTFLOW_CACHE == "semantic":
+                from .semantic import index
+
+                index().clear()
         except Exception as exc:  # Redis down: nothing was emptied, and the caller must know
             return Response({"success": False, "error": f"The cache store did not answer ({type(exc).__name__}); "
                                                         "try again."}, status=503)

@@ -27,14 +27,15 @@ def semantic_scope(team: str, provider: str, upstream_model: str, chat: dict) ->
 
 
 def conversation_text(chat: dict) -> str:
-    """The conversation's text for embeddings: each message's role and text, one per line."""
+    """The conversation's text for embeddings: each message's text, one per line (the index
+    embeds the end of it, where the question is)."""
     lines = []
     for message in chat.get("messages") or ():
         content = message.get("content")
         if isinstance(content, list):
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict)
-                               and isinstance(p.get("text"), str))
-        lines.append(f"{message.get('role')}: {content if isinstance(content, str) else ''}")
+            content = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        if isinstance(content, str) and content:
+            lines.append(content)
     return "\n".join(lines)
 
 

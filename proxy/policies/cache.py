@@ -54,14 +54,25 @@ class CachePolicy(Policy):
 
     def __init__(self, mode: str, store=None, semantic=None):
         self.mode = mode
-        self._store = store
-        self.semantic = semantic
-        if semantic is None and mode == "semantic":
-            self.semantic = _semantic_index()
+        self._store, self._semantic = store, semantic
+        if mode == "semantic" and semantic is None:
+            from proxy.cache.semantic import embedder
+
+            embedder.warm()  # the model loads on its own thread now, not in the first request
 
     @property
     def store(self):
         return self._store or stores.current()
+
+    @property
+    def semantic(self):
+        if self.mode != "semantic":
+            return None
+        if self._semantic is not None:
+            return self._semantic
+        from proxy.cache.semantic import index
+
+        return index()
 
     async def request(self, ex: Exchange) -> Answer | None:
         call = ex.call
@@ -78,7 +89,7 @@ class CachePolicy(Policy):
         state.ttl = ttl or settings.SMARTFLOW_CACHE_TTL
         # A stream is assembled from one merged message; with n > 1 it cannot be stored faithfully.
         state.store = store and not (call.is_stream and (call.chat.get("n") or 1) > 1)
-        if self.semantic is not None:
+        if self.mode == "semantic":
             state.scope = keys.semantic_scope(team, provider, model, call.chat)
         try:
             answer = await self._lookup(ex, state) if lookup else None
@@ -95,8 +106,9 @@ class CachePolicy(Policy):
     async def _lookup(self, ex: Exchange, state: CacheState) -> Answer | None:
         key, similarity = state.key, None
         raw = await self.store.get(key)
-        if raw is None and self.semantic is not None:
-            found = await self.semantic.search(state.scope, keys.conversation_text(ex.call.chat))
+        semantic = self.semantic
+        if raw is None and semantic is not None:  # exact first, then by meaning
+            found = await semantic.search(state.scope, keys.conversation_text(ex.call.chat))
             if found is not None:
                 key, similarity = found
                 raw = await self.store.get(key)
@@ -120,8 +132,9 @@ class CachePolicy(Policy):
                  "cost_usd": float(ex.trace.fields.get("cost_usd") or 0)}
         try:
             await self.store.put(state.key, orjson.dumps(entry), state.ttl)
-            if self.semantic is not None:
-                await self.semantic.add(state.scope, keys.conversation_text(ex.call.chat), state.key)
+            semantic = self.semantic
+            if semantic is not None:
+                await semantic.add(state.scope, keys.conversation_text(ex.call.chat), state.key, state.ttl)
         except stores.StoreDown:
             pass  # the answer went out; it is just not cached
         except Exception:
@@ -131,12 +144,3 @@ class CachePolicy(Policy):
         state = ex.state.get("cache")
         if state is not None:
             ex.trace.set(cache=state.outcome, cache_meta=(state.meta or {"key": state.key}) if state.key else {})
-
-
-def _semantic_index():
-    try:
-        from proxy.cache.semantic import SemanticIndex
-    except ImportError:
-        log.warning("SMARTFLOW_CACHE=semantic, but proxy/cache/semantic.py is missing: exact matches only")
-        return None
-    return SemanticIndex()

@@ -447,3 +447,37 @@ def test_the_redis_store_round_trips(settings):
     assert store.stats() == {"entries": 1, "bytes": 40, "ok": True}
     store.clear()
     assert store.stats() == {"entries": 0, "bytes": 0, "ok": True}
+
+
+@pytest.fixture
+def semantic_mode(settings, cached):
+    from proxy.cache import semantic
+
+    settings.SMARTFLOW_CACHE = "semantic"
+    semantic.index().clear()
+    yield cached
+    semantic.index().clear()
+
+
+def test_semantic_mode_answers_a_paraphrase_and_not_a_looser_one(semantic_mode, proxy_client, fake_upstream):
+    seed = int(uuid.uuid4().int % 10**6)  # this test's own scope
+    original = post(proxy_client, chat("What is the capital of France?", seed=seed))
+    assert original.headers["x-smartflow-cache"] == "MISS"
+    paraphrase = post(proxy_client, chat("What's the capital of France?", seed=seed, stream=True))
+    assert paraphrase.headers["x-smartflow-cache"] == "HIT", paraphrase.text
+    assert ECHO_PREFIX + "What is the capital of France?" in paraphrase.text  # the original's answer
+    meta = log_of(semantic_mode, paraphrase).cache_meta
+    assert meta["key"] == log_of(semantic_mode, original).cache_meta["key"]
+    assert 0.95 <= meta["similarity"] < 1
+    looser = post(proxy_client, chat("Tell me the capital of France.", seed=seed))  # ~0.90: below 0.95
+    assert looser.headers["x-smartflow-cache"] == "MISS"
+    assert "similarity" not in log_of(semantic_mode, looser).cache_meta
+    other_params = post(proxy_client, chat("What's the capital of France?", seed=seed + 1))
+    assert other_params.headers["x-smartflow-cache"] == "MISS"  # a semantic hit needs the same parameters
+    assert upstream_calls(fake_upstream) == 3
+
+
+def test_exact_mode_does_not_answer_paraphrases(cached, proxy_client):
+    seed = int(uuid.uuid4().int % 10**6)
+    post(proxy_client, chat("What is the capital of France?", seed=seed))
+    assert post(proxy_client, chat("What's the capital of France?", seed=seed)).headers["x-smartflow-cache"] == "MISS"

@@ -482,3 +482,44 @@ def test_exact_mode_does_not_answer_paraphrases(cached, proxy_client):
     seed = int(uuid.uuid4().int % 10**6)
     post(proxy_client, chat("What is the capital of France?", seed=seed))
     assert post(proxy_client, chat("What's the capital of France?", seed=seed)).headers["x-smartflow-cache"] == "MISS"
+
+
+def test_redis_killed_mid_test_means_uncached_answers_then_recovers(cached, proxy_client, fake_upstream, monkeypatch,
+                                                                     tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import free_port
+    from proxy import policies
+
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    port = free_port()
+
+    def start():
+        process = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                                    "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        wait_for(lambda: stores.RedisStore(f"redis://127.0.0.1:{port}/0", "probe").status()["ok"])
+        return process
+    server = start()
+    try:
+        own = stores.RedisStore(f"redis://127.0.0.1:{port}/0", "killed")
+        monkeypatch.setattr(stores, "current", lambda: own)
+        monkeypatch.setattr(stores, "BACKOFF_S", 0.3)
+        monkeypatch.setattr(policies, "_built", None)
+        body = chat()
+        assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "HIT"]
+        server.kill()
+        server.wait(5)
+        started = time.perf_counter()
+        down = [post(proxy_client, body) for _ in range(3)]
+        assert [(r.status_code, r.headers["x-smartflow-cache"]) for r in down] == [(200, "BYPASS")] * 3
+        assert time.perf_counter() - started < 3
+        server = start()  # back, empty: after the back-off the cache works again
+        time.sleep(0.4)
+        assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "HIT"]
+        assert upstream_calls(fake_upstream) == 5
+    finally:
+        server.kill()
+        server.wait(5)
+        monkeypatch.setattr(policies, "_built", None)

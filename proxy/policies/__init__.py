@@ -8,7 +8,8 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
                     is not called and later policies' request phases do not run.
 - ``chunk(ex, c)``  each chunk of a streamed answer, in the internal OpenAI chunk form, before
                     the client's format writes it; returns the chunk (changed or not) or None
-                    (held back).
+                    (held back). A native pass-through stream (an Anthropic client served
+                    by Anthropic) forwards the provider's own events: this phase does not see it.
 - ``response(ex, r)`` the complete internal answer (non-streamed, or assembled from a stream that
                     finished cleanly), before its last byte is sent.
 - ``log(ex)``       at the end of every request, served or not: fills the VASLog's fields

@@ -9,13 +9,17 @@ Vectors are kept per scope (the caller's hash of team, provider, model and
 answer-changing parameters), so a search only ever compares texts of the same
 scope: one team's prompt never finds another team's entry. Only the newest
 PER_SCOPE vectors of a scope are kept; in process, MAX_BYTES bounds them all.
+
+wordllama averages token vectors, so word order is lost: "Convert 10 miles to
+kilometers." and "Convert 10 kilometers to miles." have similarity 1.0, and
+"with alcohol" / "without alcohol" 0.96. No threshold guards against that;
+the strict default (0.95) keeps such near-duplicates the main risk.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import struct
 import threading
 import time
 from collections import OrderedDict

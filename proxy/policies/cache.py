@@ -88,7 +88,7 @@ class CachePolicy(Policy):
         state.key = keys.cache_key(team, provider, model, call.chat)
         state.ttl = ttl or settings.SMARTFLOW_CACHE_TTL
         # A stream is assembled from one merged message; with n > 1 it cannot be stored faithfully.
-        state.store = store and not (call.is_stream and (call.chat.get("n") or 1) > 1)
+        state.store = store and state.ttl > 0 and not (call.is_stream and (call.chat.get("n") or 1) > 1)
         if self.mode == "semantic":
             state.scope = keys.semantic_scope(team, provider, model, call.chat)
         try:
@@ -108,7 +108,11 @@ class CachePolicy(Policy):
         raw = await self.store.get(key)
         semantic = self.semantic
         if raw is None and semantic is not None:  # exact first, then by meaning
-            found = await semantic.search(state.scope, keys.conversation_text(ex.call.chat))
+            try:
+                found = await semantic.search(state.scope, keys.conversation_text(ex.call.chat))
+            except Exception:  # the index failing is a miss, never a failed request
+                log.exception("MetaCache: the semantic search failed")
+                found = None
             if found is not None:
                 key, similarity = found
                 raw = await self.store.get(key)

@@ -523,3 +523,11 @@ def test_redis_killed_mid_test_means_uncached_answers_then_recovers(cached, prox
         server.kill()
         server.wait(5)
         monkeypatch.setattr(policies, "_built", None)
+
+
+def test_a_configured_ttl_of_zero_stores_nothing(cached, settings, proxy_client, fake_upstream):
+    settings.SMARTFLOW_CACHE_TTL = 0
+    body = chat()
+    assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "MISS"]
+    settings.SMARTFLOW_CACHE_TTL = 3600  # and the store still works right after (no back-off was caused)
+    assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "HIT"]

@@ -4,6 +4,8 @@
 --   BENCH_AUTH       value of the Authorization header (optional)
 --   BENCH_PROVIDER   value of x-smartflow-provider (optional)
 --   BENCH_EXTRA_HDR  "name: value" extra header (optional; e.g. anthropic-version)
+--   BENCH_VARY       a run id: every request's last message starts with "<run id>-<thread>-<n> ",
+--                    so no two requests (in this run or any other) share a cache key
 
 local function read_file(path)
    local f = assert(io.open(path, "rb"), "cannot open " .. tostring(path))
@@ -23,6 +25,31 @@ local extra = os.getenv("BENCH_EXTRA_HDR")
 if extra and extra ~= "" then
    local name, value = extra:match("^([^:]+):%s*(.*)$")
    if name then wrk.headers[name] = value end
+end
+
+local vary = os.getenv("BENCH_VARY")
+if vary and vary ~= "" then
+   -- Split the body just inside the last message's content string.
+   local at, from = nil, 1
+   while true do
+      local s, e = wrk.body:find('"content":"', from, true)
+      if not s then break end
+      at, from = e, e + 1
+   end
+   assert(at, "BENCH_VARY: the body has no \"content\":\" string")
+   local head, tail = wrk.body:sub(1, at), wrk.body:sub(at + 1)
+   local threads = 0
+
+   function setup(thread)
+      threads = threads + 1
+      thread:set("tid", threads)
+   end
+
+   local n = 0
+   function request()
+      n = n + 1
+      return wrk.format(nil, nil, nil, head .. vary .. "-" .. tostring(tid) .. "-" .. n .. " " .. tail)
+   end
 end
 
 function done(summary, latency, requests)

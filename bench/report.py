@@ -8,7 +8,9 @@
 
 A RESULTS line is: server<TAB>route<TAB>concurrency<TAB>RESULT k=v ... (the
 line post.lua prints), where server is "direct" (nginx itself) or the gateway
-flavour (uvicorn, daphne, uvicorn-w2).
+flavour (uvicorn, daphne, uvicorn-w2), or a MetaCache mode (cache-off, cache-mem,
+cache-redis: BENCH_CACHE=1) with the routes openai, openai-miss (every request
+different) and openai-hit.
 """
 import json
 import sys
@@ -17,6 +19,15 @@ from pathlib import Path
 # Targets from the core issue (full gateway path, this 2-core machine).
 TARGET_ADDED_P50_MS = 0.6
 TARGET_RPS_C64 = 1500
+# MetaCache (issue 10): a hit's added p50 over a direct nginx answer, and a miss's cost over the cache off.
+TARGET_HIT_MEM_MS, TARGET_HIT_REDIS_MS, TARGET_MISS_MS = 0.3, 0.6, 0.1
+CACHE_MODES = [
+    (("cache-off", "openai"), "cache off, the same body every request"),
+    (("cache-off", "openai-miss"), "cache off, every body different"),
+    (("cache-mem", "openai-miss"), "exact cache, miss (every body different)"),
+    (("cache-mem", "openai-hit"), "exact cache, hit from the in-process store"),
+    (("cache-redis", "openai-hit"), "exact cache, hit from Redis"),
+]
 
 ROUTES = {
     "openai": ("OpenAI client -> OpenAI upstream", "openai"),
@@ -130,11 +141,58 @@ def summary(results, meta):
         verdicts.append(ok)
         w(f"   throughput at c=64    {g64['rps']:8.0f} /s   target >= {TARGET_RPS_C64} /s  "
           f"{'PASS' if ok else 'FAIL'}")
+    if any(k[0].startswith("cache-") for k in rows):
+        out.extend(cache_summary(rows))
     errors = sum(int(r["non2xx"] + r["socket_errors"]) for k, r in rows.items() if k[0] != "direct")
     if errors:
         w(f"   WARNING: {errors} non-2xx responses or socket errors through the gateway "
           "(see the gateway log kept with BENCH_KEEP=1)")
     return "\n".join(out) + "\n"
+
+
+def cache_summary(rows):
+    """Section 4 (BENCH_CACHE=1): the cache's modes side by side, and the issue's targets."""
+    out = ["", "4) MetaCache, OpenAI route, uvicorn single process (added = minus nginx direct, same run)"]
+    w = out.append
+    hdr = f"   {'mode':<46} {'c=1 p50':>8} {'p99':>7} {'ADDED p50':>10} {'c=64 req/s':>10} " \
+          f"{'p50 ms':>7} {'gw CPU/req':>10} {'non2xx':>7}"
+    w(hdr)
+    w("   " + "-" * (len(hdr) - 3))
+    d1, d64 = rows.get(("direct", "openai", 1)), rows.get(("direct", "openai", 64))
+    for (server, route), label in CACHE_MODES:
+        c1, c64 = rows.get((server, route, 1)), rows.get((server, route, 64))
+        if not c1 and not c64:
+            continue
+        if c1:
+            added = ms(c1["p50_us"] - d1["p50_us"]) if d1 else ""
+            left = f"{ms(c1['p50_us']):>8} {ms(c1['p99_us']):>7} {added:>10}"
+        else:
+            left = f"{'—':>8} {'':>7} {'':>10}"
+        if c64:
+            right = f"{c64['rps']:>10.0f} {ms(c64['p50_us']):>7} {c64.get('gw_cpu_ms_per_req', 0):>10.3f}"
+        else:
+            right = f"{'—':>10} {'':>7} {'':>10}"
+        bad = sum(int(r["non2xx"] + r["socket_errors"]) for r in (c1, c64) if r)
+        w(f"   {label:<46} {left} {right} {bad:>7}")
+    w("   targets (issue 10), p50 at c=1:")
+
+    def target(name, value, limit):
+        w(f"   {name:<58} {value:7.3f} ms   target <= {limit} ms   {'PASS' if value <= limit else 'FAIL'}")
+
+    off, miss = rows.get(("cache-off", "openai-miss", 1)), rows.get(("cache-mem", "openai-miss", 1))
+    if off and miss:
+        target("a miss over the cache off (both: every body different)", (miss["p50_us"] - off["p50_us"]) / 1000,
+               TARGET_MISS_MS)
+    for server, name, limit in (("cache-mem", "a hit from the in-process store, over nginx direct", TARGET_HIT_MEM_MS),
+                                ("cache-redis", "a hit from Redis, over nginx direct", TARGET_HIT_REDIS_MS)):
+        hit = rows.get((server, "openai-hit", 1))
+        if hit and d1:
+            target(name, (hit["p50_us"] - d1["p50_us"]) / 1000, limit)
+    if not rows.get(("cache-mem", "openai-hit", 1)):
+        w("   (no hit or miss runs: this build has no MetaCache, or its preflight failed; see the run's output)")
+    if d64:
+        w(f"   nginx direct at c=64: {d64['rps']:.0f} req/s")
+    return out
 
 
 def main(argv):

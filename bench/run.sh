@@ -6,6 +6,8 @@
 #   BENCH_DAPHNE=1 bench/run.sh       # + the same under daphne (manage.py serve --server daphne)
 #   BENCH_WORKERS2=1 bench/run.sh     # + manage.py serve --workers 2 (uses Redis at BENCH_REDIS_URL)
 #   BENCH_STREAM=1 bench/run.sh       # + streaming: bench/stream.py (TTFB, chunks/s, checks)
+#   BENCH_CACHE=1 bench/run.sh        # + MetaCache: off, exact miss, hit in process, hit from Redis
+#                                     #   (BENCH_REDIS_URL); BENCH_CACHE_ONLY=1: direct + these alone
 #   BENCH_SOAK=1 bench/run.sh         # + memory: two 60 s soaks at c=64 back to back, RSS after each
 #   BENCH_SOAK_ONLY=1 bench/run.sh    # the soak alone (BENCH_SOAK_SECONDS, default 60)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
@@ -32,6 +34,9 @@ for tool in "$PY" "$NGINX" "$WRK"; do
     [[ -x "$tool" ]] || { echo "bench: $tool not found (run 'make install' first)" >&2; exit 2; }
 done
 
+BENCH_REDIS="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}"
+CACHE_PREFIX="smartflow-bench-cache-$$"  # the cache runs' Redis keys; deleted on exit
+CACHE_REDIS_USED=""
 LOADAVG_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/smartflow-bench.XXXXXX")"
 PIDS=()
@@ -50,6 +55,7 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_group "${PIDS[i]}"; done
+    [[ -n $CACHE_REDIS_USED ]] && forget_redis_keys
     if [[ "${BENCH_KEEP:-0}" == 1 || $status -ne 0 ]]; then
         echo "bench: temp dir kept: $TMP" >&2
     else
@@ -59,6 +65,16 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+forget_redis_keys() {  # the Redis keys the cache runs wrote (they also expire: SMARTFLOW_CACHE_TTL below)
+    "$PY" - "$BENCH_REDIS" "$CACHE_PREFIX" <<'EOF' || echo "bench: could not delete the $CACHE_PREFIX:* keys" >&2
+import sys, redis
+client = redis.Redis.from_url(sys.argv[1], socket_timeout=5, socket_connect_timeout=5)
+keys = list(client.scan_iter(match=sys.argv[2] + ":*", count=1000))
+for start in range(0, len(keys), 1000):
+    client.delete(*keys[start:start + 1000])
+EOF
+}
 
 free_ports() {  # N free loopback ports
     "$PY" - "$1" <<'EOF'
@@ -103,6 +119,9 @@ export SMARTFLOW_MASTER_KEY="sk-sf-bench-master-$(head -c 12 /dev/urandom | od -
 export OPENAI_API_KEY="sk-bench-openai" ANTHROPIC_API_KEY="sk-ant-bench"
 export SMARTFLOW_LOG_LEVEL="${SMARTFLOW_LOG_LEVEL:-WARNING}"
 export PYTHONDONTWRITEBYTECODE=1
+# The standard runs send one fixed body: with MetaCache on, every request but the first would be
+# a cache hit. They measure the proxied path; BENCH_CACHE=1 measures the cache itself.
+export SMARTFLOW_CACHE=off
 point_gateway_at() {
     export SMARTFLOW_OPENAI_BASE_URL="$1/v1" SMARTFLOW_ANTHROPIC_BASE_URL="$1"
 }
@@ -114,7 +133,7 @@ KEY="$("$PY" manage.py smartflow_key create --team bench 2>/dev/null | tail -n1)
 [[ "$KEY" == sk-sf-* ]] || { echo "bench: could not create a virtual key" >&2; exit 1; }
 
 GW_PID=""
-start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2
+start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2 | cache-off | cache-mem | cache-redis
     local flavour=$1 log="$TMP/gateway-$1.log"
     case $flavour in
         uvicorn) setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
@@ -123,6 +142,14 @@ start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2
         uvicorn-w2) REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}" CELERY_BROKER_URL= \
                         SMARTFLOW_CACHE_PREFIX=smartflow-bench SMARTFLOW_METRICS_PREFIX=smartflow-bench:metrics \
                         setsid "$PY" manage.py serve --host 127.0.0.1 --workers 2 >"$log" 2>&1 & ;;
+        # MetaCache: off; exact with the in-process store; exact with the Redis store (bench-only prefix).
+        cache-off) SMARTFLOW_CACHE=off setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
+        cache-mem) SMARTFLOW_CACHE=exact SMARTFLOW_CACHE_TTL=600 \
+                       setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
+        cache-redis) REDIS_URL="$BENCH_REDIS" CELERY_BROKER_URL= SMARTFLOW_CACHE=exact SMARTFLOW_CACHE_TTL=600 \
+                         SMARTFLOW_CACHE_PREFIX="$CACHE_PREFIX" SMARTFLOW_METRICS_PREFIX="$CACHE_PREFIX:metrics" \
+                         SMARTFLOW_CHANNELS_PREFIX="$CACHE_PREFIX:channels" \
+                         setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
     esac
     GW_PID=$!
     PIDS+=("$GW_PID")
@@ -150,6 +177,22 @@ preflight() {  # one request per route through the gateway; must be 200
     fi
 }
 
+cache_header() {  # cache_header BODY_FILE: the x-smartflow-cache header of one request through the gateway
+    curl -s -o /dev/null -D - --max-time 10 -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        --data-binary "@$1" "http://127.0.0.1:$GW_PORT/v1/chat/completions" |
+        tr -d '\r' | awk -F': ' 'tolower($1) == "x-smartflow-cache" {print toupper($2)}'
+}
+
+cache_preflight() {  # cache_preflight FLAVOUR: two identical requests; the second is a HIT unless the cache is off
+    local fixed="$BENCH/payloads/openai_request.json" first second
+    first=$(cache_header "$fixed"); second=$(cache_header "$fixed")
+    if [[ $1 == cache-off && $second != HIT ]] || [[ $1 != cache-off && $second == HIT ]]; then
+        return 0
+    fi
+    echo "bench: $1: two identical requests answered x-smartflow-cache '${first:-none}' then '${second:-none}'" >&2
+    return 1
+}
+
 RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 
@@ -161,7 +204,7 @@ group_cpu_ticks() {  # user+system CPU ticks of every live process in process gr
 
 # wrk_run SERVER ROUTE CONC [record]: one wrk run; with "record" its RESULT line is kept.
 wrk_run() {
-    local server=$1 route=$2 conc=$3 record=${4:-} duration=$DURATION url body provider="" auth="" extra=""
+    local server=$1 route=$2 conc=$3 record=${4:-} duration=$DURATION url body provider="" auth="" extra="" vary=""
     local threads=$CN_THREADS conns=$CN_CONNS
     [[ $conc == 1 ]] && threads=$C1_THREADS conns=$C1_CONNS
     [[ -z $record ]] && duration=$WARMUP
@@ -174,11 +217,13 @@ wrk_run() {
     else
         url="http://127.0.0.1:$GW_PORT/v1/chat/completions" auth="Bearer $KEY" body=openai_request.json
         [[ $route == anthropic* ]] && provider=anthropic
+        # A new run id each run: no request of this run can hit an entry an earlier run stored.
+        [[ $route == *-miss ]] && vary="r$$-$RANDOM$RANDOM-$(date +%s%N)"
     fi
     local out cpu0=0 cpu1=0
     [[ $server != direct && -n $record ]] && cpu0=$(group_cpu_ticks "$GW_PID")
     out=$(BENCH_BODY_FILE="$BENCH/payloads/$body" BENCH_AUTH="$auth" BENCH_PROVIDER="$provider" \
-          BENCH_EXTRA_HDR="$extra" timeout $((duration + 30)) \
+          BENCH_EXTRA_HDR="$extra" BENCH_VARY="$vary" timeout $((duration + 30)) \
           "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency -s "$BENCH/post.lua" "$url")
     if [[ -n $record ]]; then
         local line
@@ -246,26 +291,63 @@ soak() {
                w / 1024, a / 1024, b / 1024, (b - a) / 1024 }' | tee "$TMP/soak.txt"
 }
 
+# MetaCache side by side: the cache off, the exact cache's miss path (every request different:
+# post.lua with BENCH_VARY), and its hit path from the in-process store and from Redis.
+cache_runs() {
+    echo "MetaCache (SMARTFLOW_CACHE=off, then exact; the -miss runs vary the last message per request):"
+    start_gateway cache-off
+    preflight openai_request.json ""
+    cache_preflight cache-off || exit 1
+    for conc in 1 64; do
+        measure cache-off openai "$conc"
+        measure cache-off openai-miss "$conc"
+    done
+    stop_gateway
+    start_gateway cache-mem
+    preflight openai_request.json ""
+    if ! cache_preflight cache-mem; then
+        echo "bench: this build has no MetaCache (SMARTFLOW_CACHE): only the cache-off runs were made" >&2
+        stop_gateway
+        return 0
+    fi
+    for conc in 1 64; do
+        measure cache-mem openai-miss "$conc"
+        measure cache-mem openai-hit "$conc"
+    done
+    stop_gateway
+    CACHE_REDIS_USED=1
+    start_gateway cache-redis
+    preflight openai_request.json ""
+    cache_preflight cache-redis || exit 1
+    for conc in 1 64; do measure cache-redis openai-hit "$conc"; done
+    stop_gateway
+}
+
 echo "bench: nginx on :$NGINX_PORT (stream :$STREAM_PORT), gateway on :$GW_PORT; ${DURATION} s per run"
 if [[ "${BENCH_SOAK_ONLY:-0}" == 1 ]]; then
     soak
     mkdir -p "$RESULTS_DIR"; cp "$TMP/soak.txt" "$RESULTS_DIR/soak-latest.txt"
     exit 0
 fi
-start_gateway uvicorn
-preflight openai_request.json ""
-preflight openai_request.json anthropic
-echo "concurrency 1 (wrk -t1 -c1):"
-measure direct openai 1
-measure uvicorn openai 1
-measure direct anthropic 1
-measure uvicorn anthropic 1
-echo "concurrency $CN_CONNS (wrk -t$CN_THREADS -c$CN_CONNS):"
-measure direct openai 64
-profile_during uvicorn-c64 uvicorn openai 64
-measure direct anthropic 64
-measure uvicorn anthropic 64
-stop_gateway
+if [[ "${BENCH_CACHE_ONLY:-0}" == 1 ]]; then  # the direct figures the cache table compares with
+    measure direct openai 1
+    measure direct openai 64
+else
+    start_gateway uvicorn
+    preflight openai_request.json ""
+    preflight openai_request.json anthropic
+    echo "concurrency 1 (wrk -t1 -c1):"
+    measure direct openai 1
+    measure uvicorn openai 1
+    measure direct anthropic 1
+    measure uvicorn anthropic 1
+    echo "concurrency $CN_CONNS (wrk -t$CN_THREADS -c$CN_CONNS):"
+    measure direct openai 64
+    profile_during uvicorn-c64 uvicorn openai 64
+    measure direct anthropic 64
+    measure uvicorn anthropic 64
+    stop_gateway
+fi
 
 if [[ "${BENCH_WORKERS2:-0}" == 1 ]]; then
     echo "manage.py serve --workers 2:"
@@ -287,6 +369,7 @@ if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
 fi
 
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak
+[[ "${BENCH_CACHE:-0}" == 1 || "${BENCH_CACHE_ONLY:-0}" == 1 ]] && cache_runs
 
 STREAM_STATUS=0
 if [[ "${BENCH_STREAM:-0}" == 1 ]]; then

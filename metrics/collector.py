@@ -3,7 +3,6 @@ import logging
 import time
 
 from django.conf import settings
-from django.core.cache import caches
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import registry as r
@@ -13,27 +12,11 @@ from .store import counters, parse_field
 log = logging.getLogger(__name__)
 
 
-def cache_size_bytes() -> float:
-    """Bytes held by every configured cache: Redis INFO used_memory, or the in-process cache's entries."""
-    total = 0.0
-    seen_redis = set()
-    for alias in settings.CACHES:
-        backend = caches[alias]
-        try:
-            if hasattr(backend, "client") and "redis" in type(backend).__module__:
-                from django_redis import get_redis_connection
+def metacache() -> dict:
+    """The MetaCache's own entries and bytes (not Redis' whole used_memory)."""
+    from proxy.cache import store
 
-                conn = get_redis_connection(alias)
-                where = repr(conn.connection_pool.connection_kwargs)
-                if where not in seen_redis:  # two aliases on one server count once
-                    seen_redis.add(where)
-                    total += conn.info("memory")["used_memory"]
-            elif hasattr(backend, "_cache"):  # LocMemCache keeps pickled bytes per key
-                with backend._lock:
-                    total += sum(len(k) + len(v) for k, v in backend._cache.items())
-        except Exception:
-            log.warning("metrics: cache '%s' did not report its size", alias, exc_info=True)
-    return total
+    return store.current().stats()
 
 
 class SmartflowCollector:
@@ -76,7 +59,9 @@ class SmartflowCollector:
         if rolled is not None:
             age.add_metric((), max(time.time() - rolled["computed_at"], 0.0))
         yield age
-        yield GaugeMetricFamily(r.CACHE_SIZE.name, r.CACHE_SIZE.help, value=cache_size_bytes())
+        held = metacache()
+        yield GaugeMetricFamily(r.CACHE_SIZE.name, r.CACHE_SIZE.help, value=held["bytes"])
+        yield GaugeMetricFamily(r.CACHE_ENTRIES.name, r.CACHE_ENTRIES.help, value=held["entries"])
         yield from self._trace_backlog()
 
     def _trace_backlog(self):

@@ -57,7 +57,8 @@ LATENCY_P99 = Metric("smartflow_latency_p99_seconds", "gauge",
 CACHE_HIT_RATE = Metric("smartflow_cache_hit_rate", "gauge",
                         "Share of cache hits among cache hits and misses over the last 1,000 requests (0..1).")
 CACHE_SIZE = Metric("smartflow_cache_size_bytes", "gauge",
-                    "Memory held by the cache (Redis used_memory, or the in-process cache's stored bytes).")
+                    "Bytes of the answers the MetaCache holds (its own entries, in Redis or in process).")
+CACHE_ENTRIES = Metric("smartflow_cache_entries", "gauge", "Answers the MetaCache holds.")
 TRACE_BACKLOG = Metric("smartflow_trace_backlog", "gauge",
                        "Traces in memory waiting to be written to the database, over all gateway processes.")
 TRACE_BACKLOG_BYTES = Metric("smartflow_trace_backlog_bytes", "gauge",

@@ -75,12 +75,15 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     return Call(chat, route, provider, request, tiers, is_native)
 
 
-def response_headers(call: Call | None, trace: Trace) -> dict[str, str]:
+def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The gateway's own headers, then those the policies set (x-smartflow-cache, Age, …)."""
     headers = {"x-smartflow-request-id": trace.id, "x-smartflow-cache": "BYPASS",
                "x-smartflow-overhead-ms": f"{trace.overhead_ms():.3f}"}
     if call is not None:
         headers["x-smartflow-provider"] = call.route.provider
         headers["x-smartflow-model"] = call.route.upstream_model
+    if extra:
+        headers.update(extra)
     return headers
 
 
@@ -112,8 +115,12 @@ async def complete(call: Call, trace: Trace) -> dict:
 class StreamRelay:
     """Translates an upstream stream into the client's format, forwarding each event as it arrives."""
 
-    def __init__(self, call: Call, trace: Trace, send, client_format):
+    def __init__(self, call: Call, trace: Trace, send, client_format, exchange=None, chain=None):
         self.call, self.trace, self.send, self.client_format = call, trace, send, client_format
+        # The request policies' per-chunk and response phases (proxy/policies), when any has them.
+        self.exchange = exchange
+        self.chunk_hook = chain.chunk if chain is not None and chain.chunks else None
+        self.response_hook = chain.response if chain is not None and chain.responses else None
         self.state = StreamState()
         base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": call.route.client_model}
@@ -163,11 +170,18 @@ class StreamRelay:
             self.fail(failure)
             await self._write(self.writer.error(failure), more=False)
         else:
+            if self.response_hook is not None:  # before the last byte: the next request can hit
+                _account(self.call, self.trace, self.state.usage)  # what the answer cost, for the policies
+                await self.response_hook(self.exchange, self.message())
             await self._write(self.writer.end(self.state.usage), more=False)
             self.finish(200)
 
     async def _emit(self, chunks: list[dict]):
         for chunk in chunks:
+            if self.chunk_hook is not None:
+                chunk = self.chunk_hook(self.exchange, chunk)
+                if chunk is None:
+                    continue
             self._collect(chunk)
             body = self.writer.chunk(chunk)
             if body:

@@ -2,6 +2,7 @@
 Django's request cycle); /health and /v1/models are ordinary Django views."""
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -15,11 +16,13 @@ from django.http import JsonResponse
 from traces.recorder import recorder
 from traces.trace import Trace
 
-from . import gateway, routing
+from . import gateway, policies, routing
 from .asgi_http import read_request, send_response, start_stream
 from .auth import authenticate, authenticate_sync, key_from_headers
+from .cache.store import current as metacache_store
 from .errors import openai_error
 from .formats import ANTHROPIC, OPENAI
+from .policies import Exchange
 from .providers.base import ClientError, UpstreamError
 from .scrub import describe
 
@@ -27,9 +30,10 @@ log = logging.getLogger(__name__)
 
 
 async def handle(client_format, scope, receive, send):
-    """One chat request in the client's format: auth, parse, route, call, answer, trace."""
+    """One chat request in the client's format: auth, parse, route, policies, call, answer, trace."""
     trace = Trace(client_format.endpoint)
-    call = None
+    chain = policies.chain()
+    call = ex = None
     try:
         request = await read_request(scope, receive, settings.SMARTFLOW_MAX_BODY_BYTES,
                                      settings.SMARTFLOW_BODY_TIMEOUT_SECONDS)
@@ -38,35 +42,53 @@ async def handle(client_format, scope, receive, send):
         trace.stage("auth")
         chat, native = client_format.parse(request.body)
         trace.set(prompt=chat["messages"], stream=bool(chat.get("stream")), client_model=chat["model"])
-        call = await gateway.prepare(chat, request.headers, principal, trace, native, client_format.native_provider)
+        ex = Exchange(client_format, request.headers, principal, trace)
+        call = ex.call = await gateway.prepare(chat, request.headers, principal, trace, native,
+                                               client_format.native_provider)
+        answer = await chain.request(ex) if chain.requests else None
+        if answer is not None:
+            return await answer_from_policy(ex, chain, answer, send)
         if call.is_stream:
-            return await relay(client_format, call, trace, receive, send)
-        await reply(client_format, call, trace, receive, send)
+            return await relay(ex, chain, receive, send)
+        await reply(ex, chain, receive, send)
     except (ClientError, UpstreamError) as err:
-        await fail(client_format, send, trace, call, err)
+        await fail(client_format, send, trace, call, err, ex)
     except ConnectionAbortedError:
         trace.set(status_code=499, error="client disconnected before sending the whole body")
     except Exception as err:  # never a traceback to the client; the log and trace keep the cause
         log.exception("chat request failed")  # the logging filter scrubs keys from the traceback
         trace.set(error=describe(err))
-        await fail(client_format, send, trace, call, RuntimeError(f"Internal gateway error; see trace {trace.id}."))
+        await fail(client_format, send, trace, call, RuntimeError(f"Internal gateway error; see trace {trace.id}."),
+                   ex)
     finally:
+        if ex is not None and chain.logs:
+            try:
+                chain.log(ex)
+            except Exception:  # a policy's bookkeeping never costs the request its trace
+                log.exception("a policy's log phase failed")
         recorder.add(trace.record())
 
 
-async def fail(client_format, send, trace, call, err):
+def _headers(ex: Exchange | None, call, trace) -> dict[str, str]:
+    return gateway.response_headers(call, trace, ex.out if ex is not None else None)
+
+
+async def fail(client_format, send, trace, call, err, ex=None):
     status, body, headers = client_format.error(err)
     trace.set(status_code=status)
     if not trace.fields.get("error"):
         trace.set(error=str(err))
-    await send_response(send, status, body, {**gateway.response_headers(call, trace), **headers})
+    await send_response(send, status, body, {**_headers(ex, call, trace), **headers})
 
 
-async def reply(client_format, call, trace, receive, send):
+async def reply(ex: Exchange, chain: policies.Chain, receive, send):
     """Answers in one body; a client that goes away first cancels the upstream call."""
+    call, trace = ex.call, ex.trace
     with gateway.DisconnectWatch(receive) as watch:
         try:
             response = await gateway.complete(call, trace)
+            if chain.responses:
+                await chain.response(ex, response)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -74,16 +96,17 @@ async def reply(client_format, call, trace, receive, send):
             trace.set(status_code=499, error="cancelled: the client disconnected before the answer; "
                                              "the upstream request was cancelled")
             return
-    response = call.native_reply() if call.is_native else client_format.respond(response, call.chat["model"])
-    await send_response(send, 200, orjson.dumps(response), gateway.response_headers(call, trace))
+    response = call.native_reply() if call.is_native else ex.client_format.respond(response, call.chat["model"])
+    await send_response(send, 200, orjson.dumps(response), _headers(ex, call, trace))
 
 
-async def relay(client_format, call, trace, receive, send):
+async def relay(ex: Exchange, chain: policies.Chain, receive, send):
     """Streams the answer; a client that goes away cancels the upstream call."""
-    relay = gateway.StreamRelay(call, trace, send, client_format)
+    call, trace = ex.call, ex.trace
+    relay = gateway.StreamRelay(call, trace, send, ex.client_format, ex, chain)
 
     async def start_response():
-        await start_stream(send, gateway.response_headers(call, trace))
+        await start_stream(send, _headers(ex, call, trace))
 
     with gateway.DisconnectWatch(receive) as watch:
         try:
@@ -92,6 +115,33 @@ async def relay(client_format, call, trace, receive, send):
             if not watch.gone:
                 raise
             relay.finish(499, "cancelled: the client disconnected mid-stream; the upstream request was cancelled")
+
+
+async def answer_from_policy(ex: Exchange, chain: policies.Chain, answer: policies.Answer, send):
+    """A policy's own answer (a cache hit) in the client's format, streamed when the client asked.
+
+    Written in one go: the client is never waiting on anyone, so a disconnect needs no watch."""
+    call, trace = ex.call, ex.trace
+    usage = answer.response.get("usage") or {}
+    trace.set(status_code=200, tokens_input=usage.get("prompt_tokens") or 0,
+              tokens_output=usage.get("completion_tokens") or 0, cost_usd=0)
+    base = {"id": f"chatcmpl-{trace.id}", "created": int(time.time()), "model": call.route.client_model}
+    if call.is_stream:
+        writer = ex.client_format.stream(call.chat, {**base, "object": "chat.completion.chunk"})
+        parts = [writer.start()]
+        for chunk in answer.chunks():
+            chunk = chain.chunk(ex, chunk) if chain.chunks else chunk
+            if chunk is not None:
+                parts.append(writer.chunk(chunk))
+        parts.append(writer.end(answer.response.get("usage")))
+        trace.set(response={**base, "object": "chat.completion", **answer.response})
+        await start_stream(send, _headers(ex, call, trace))
+        await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
+        return
+    response = {**base, "object": "chat.completion", **answer.response}
+    trace.set(response=response)
+    body = ex.client_format.respond(response, call.route.client_model)
+    await send_response(send, 200, orjson.dumps(body), _headers(ex, call, trace))
 
 
 PROXY_ROUTES = {
@@ -111,9 +161,15 @@ def _check_cache():
     return cache.get("smartflow:health") == "ok"
 
 
-# Health checks run in their own two threads, one check of each kind at a time: a dependency that
+def _check_metacache():
+    if settings.SMARTFLOW_CACHE == "off":
+        return True
+    return metacache_store().status()["ok"]
+
+
+# Health checks run in their own threads, one check of each kind at a time: a dependency that
 # hangs answers "timeout" here without piling up threads the rest of the gateway needs.
-_health_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="health")
+_health_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="health")
 _health_running: dict = {}
 
 
@@ -138,14 +194,16 @@ async def health(request):
     cache, shared counters) being down or the trace writer falling behind degrade it, but
     proxying goes on, so a load balancer must not pull the node (nor every node at once).
     """
-    database, cache_state = await asyncio.gather(_probe(_check_database), _probe(_check_cache))
+    database, cache_state, metacache = await asyncio.gather(
+        _probe(_check_database), _probe(_check_cache), _probe(_check_metacache))
     database["engine"] = connection.vendor
     cache_state["backend"] = "redis" if settings.REDIS_URL else "in-process"
     traces = recorder.status()
     traces["ok"] = not traces["last_failure"] and (
         traces["backlog"] <= settings.SMARTFLOW_TRACE_BACKLOG_MAX // 2
         and traces["backlog_bytes"] <= settings.SMARTFLOW_TRACE_BACKLOG_BYTES // 2)
-    parts = {"database": database, "cache": cache_state, "traces": traces}
+    metacache.update(backend=metacache_store().backend, mode=settings.SMARTFLOW_CACHE)
+    parts = {"database": database, "cache": cache_state, "metacache": metacache, "traces": traces}
     degraded = [name for name, part in parts.items() if not part["ok"]]
     status = "unavailable" if not database["ok"] else "degraded" if degraded else "ok"
     return JsonResponse({"status": status, "degraded": degraded, **parts}, status=503 if not database["ok"] else 200)

@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("SMARTFLOW_DATA_DIR", BASE_DIR / "data"))
@@ -121,6 +122,17 @@ SMARTFLOW_SSO_STATE_TTL = env_int("SMARTFLOW_SSO_STATE_TTL", 600)
 SMARTFLOW_ENTRA_AUTHORITY = env_str("SMARTFLOW_ENTRA_AUTHORITY", "https://login.microsoftonline.com")
 
 REDIS_URL = env_str("REDIS_URL")
+# Every Redis key of the Django cache and of MetaCache starts with this.
+SMARTFLOW_CACHE_PREFIX = env_str("SMARTFLOW_CACHE_PREFIX", "smartflow")
+# MetaCache: cosine similarity a semantic hit needs (SMARTFLOW_CACHE=semantic).
+SMARTFLOW_CACHE_SEMANTIC_THRESHOLD = env_float("SMARTFLOW_CACHE_SEMANTIC_THRESHOLD", 0.95)
+
+# --- MetaCache (proxy/policies/cache.py) ---------------------------------------------
+SMARTFLOW_CACHE = env_str("SMARTFLOW_CACHE", "exact").lower()
+if SMARTFLOW_CACHE not in ("exact", "semantic", "off"):
+    raise ImproperlyConfigured("SMARTFLOW_CACHE must be exact, semantic or off.")
+SMARTFLOW_CACHE_TTL = env_int("SMARTFLOW_CACHE_TTL", 3600)
+SMARTFLOW_CACHE_MAX_BYTES = env_int("SMARTFLOW_CACHE_MAX_BYTES", 64 * 1024 * 1024)
 
 # --- Django ----------------------------------------------------------------
 INSTALLED_APPS = [

@@ -8,6 +8,7 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 import smartflow.openapi  # noqa: F401 (registers the auth schemes with drf-spectacular)
+from proxy.cache.api import cache_view
 
 # Swagger UI's own files, bundled in the package (nothing is fetched from a CDN).
 SIDECAR_FILES = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     re_path(r"^static/drf_spectacular_sidecar/(?P<path>.+)$", serve, {"document_root": SIDECAR_FILES}),
+    path("api/cache", cache_view, name="cache"),
     path("", include("traces.urls")),
     path("", include("sso.urls")),
     path("", include("metrics.urls")),

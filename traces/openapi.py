@@ -35,6 +35,8 @@ class StageSerializer(serializers.Serializer):
 
 class VASLogSerializer(SummarySerializer):
     stages = StageSerializer(many=True)
+    cache_meta = serializers.JSONField(help_text='MetaCache: {"key", "age_s", "ttl_s", "saved_usd", '
+                                                 '"similarity" (semantic hits)}; {"key"} on a miss; {} bypassed.')
     guardrails = serializers.JSONField(help_text='{"policies": [...], "pii": [...], "risk_score": 0..1}')
     routing = serializers.JSONField(help_text='{"override", "policy", "strategy", "arm", "chain", ...}')
     prompt = serializers.JSONField(help_text="The messages.")

@@ -122,14 +122,25 @@ def test_cache_outcomes_count_as_hits_and_misses(scrape):
     assert s.value("smartflow_cache_misses_total") == 1
 
 
-def test_the_cache_size_comes_from_the_cache(scrape):
+def test_the_cache_size_is_the_metacaches_own(scrape):
+    import asyncio
+
     from django.core.cache import cache
 
-    cache.set("metrics-test-blob", "x" * 50_000, 30)
+    from proxy.cache import store
+
+    store.current().clear()
+    cache.set("metrics-test-blob", "x" * 50_000, 30)  # other cache use is not the MetaCache's size
     try:
-        assert scrape().value("smartflow_cache_size_bytes") > 50_000
+        before = scrape()
+        assert before.value("smartflow_cache_size_bytes") == 0 and before.value("smartflow_cache_entries") == 0
+        asyncio.run(store.current().put("metrics-test", b"y" * 30_000, 30))
+        after = scrape()
+        assert after.value("smartflow_cache_size_bytes") == 30_000
+        assert after.value("smartflow_cache_entries") == 1
     finally:
         cache.delete("metrics-test-blob")
+        store.current().clear()
 
 
 def _tier_models():

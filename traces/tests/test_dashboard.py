@@ -1,8 +1,10 @@
 """/dashboard/traces.html driven in headless Chromium against the live gateway."""
+import json
 import re
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 
 from traces.models import VASLog
 
@@ -217,3 +219,54 @@ def test_paging_through_older_rows(page, gateway):
         page.click("#newer")
     page.wait_for_function("() => document.querySelectorAll('#rows tr.row').length === 50")
     assert row_ids(page)[0] == made[-1].id
+
+
+def overview_of(page, log_id):
+    page.click(f'tr.row[data-id="{log_id}"]')
+    pane = page.locator("tr.detail .tabpane[data-pane=overview]")
+    pane.wait_for()
+    return pane
+
+
+SEMANTIC_META = {"key": "9f2c4e1ab37d<img src=x onerror=window.__owned=1>", "age_s": 42, "ttl_s": 3600,
+                 "similarity": 0.97123, "saved_usd": 0.0123}
+
+
+def test_the_overview_shows_what_a_cache_hit_was_served_from(page, gateway, screenshot):
+    """cache_meta as the detail API sends it (added to the answer at the fetch level, so this runs
+    whether or not VASLog has the field yet); a trace without it shows no cache section."""
+    hit, miss = make_log(cache="hit", cost_usd="0"), make_log(cache="miss")
+    VASLog.objects.bulk_create([hit, miss])
+
+    def with_meta(route):
+        body = route.fetch().json()
+        body["data"]["cache_meta"] = SEMANTIC_META
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route(f"**/api/vas/logs/{hit.id}", with_meta)
+    open_page(page, gateway)
+    text = overview_of(page, hit.id).locator(".cache-meta").text_content()
+    for expected in ("9f2c4e1ab37d<img src=x onerror=window.__owned=1>", "42 s", "1 h 0 min", "0.9712",
+                     "semantic match", "$0.0123"):
+        assert expected in text, expected
+    assert "semantic hit" in page.locator("tr.detail .tabpane[data-pane=overview]").text_content()
+    assert page.locator("tr.detail .cache-meta img").count() == 0 and page.evaluate("window.__owned") is None
+    screenshot(page, "traces-tab-overview-cache-hit")
+
+    pane = overview_of(page, miss.id)
+    assert pane.locator(".cache-meta").count() == 0 and "Entry key" not in pane.text_content()
+
+
+def test_the_overview_shows_a_stored_cache_meta(page, gateway):
+    """Goes live once VASLog has the cache_meta field (MetaCache, issue 10)."""
+    if "cache_meta" not in {f.name for f in VASLog._meta.get_fields()}:
+        pytest.skip("VASLog has no cache_meta field yet")
+    log = make_log(cache="hit", cost_usd="0",
+                   cache_meta={"key": "b7e1d2c3a4f5", "age_s": 3725, "ttl_s": 7200, "saved_usd": 0.5})
+    log.save()
+    open_page(page, gateway)
+    pane = overview_of(page, log.id)
+    text = pane.locator(".cache-meta").text_content()
+    for expected in ("b7e1d2c3a4f5", "1 h 2 min", "2 h 0 min", "$0.50"):
+        assert expected in text, expected
+    assert "Similarity" not in text and "semantic hit" not in pane.text_content()  # an exact hit

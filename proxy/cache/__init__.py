@@ -1,0 +1,1 @@
+"""MetaCache: the response cache behind proxy/policies/cache.py (keys, stores, replay, the semantic index)."""

@@ -1,0 +1,150 @@
+"""The MetaCache policy: answers a request from a stored answer, or stores the fresh one.
+
+Keyed on the internal (OpenAI) form after parsing and before provider translation, so both
+client formats asking the same thing of the same upstream model share an entry. Native
+Anthropic pass-through requests (an Anthropic client served by Anthropic) are not cached
+(BYPASS): their bodies and answers may hold constructs the internal form lacks (thinking
+blocks, server tools, citations), which an entry in the internal form would silently drop.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from django.conf import settings
+
+from proxy.cache import keys
+from proxy.cache import store as stores
+
+from . import Answer, Exchange, Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheState:
+    outcome: str = "bypass"
+    key: str = ""
+    ttl: int = 0
+    store: bool = False
+    scope: str = ""  # semantic mode: where the entry is indexed
+    meta: dict = field(default_factory=dict)
+
+
+def storable(response: dict) -> bool:
+    """A complete answer: every choice finished, every tool call's arguments whole JSON."""
+    choices = response.get("choices")
+    if not choices:
+        return False
+    for choice in choices:
+        if not choice.get("finish_reason"):
+            return False
+        for call in (choice.get("message") or {}).get("tool_calls") or ():
+            try:
+                orjson.loads((call.get("function") or {}).get("arguments") or "")
+            except orjson.JSONDecodeError:
+                return False
+    return True
+
+
+class CachePolicy(Policy):
+    name = "cache"
+
+    def __init__(self, mode: str, store=None, semantic=None):
+        self.mode = mode
+        self._store, self._semantic = store, semantic
+        if mode == "semantic" and semantic is None:
+            from proxy.cache.semantic import embedder
+
+            embedder.warm()  # the model loads on its own thread now, not in the first request
+
+    @property
+    def store(self):
+        return self._store or stores.current()
+
+    @property
+    def semantic(self):
+        if self.mode != "semantic":
+            return None
+        if self._semantic is not None:
+            return self._semantic
+        from proxy.cache.semantic import index
+
+        return index()
+
+    async def request(self, ex: Exchange) -> Answer | None:
+        call = ex.call
+        state = ex.state["cache"] = CacheState()
+        ex.out["x-smartflow-cache"] = "BYPASS"
+        if call.is_native:
+            return None
+        lookup, store, ttl = keys.parse_controls(ex.headers)
+        if not (lookup or store):
+            return None
+        team = str(ex.principal.team_id or "")  # the caller's key decides the team, never a header
+        provider, model = call.route.provider, call.route.upstream_model
+        state.key = keys.cache_key(team, provider, model, call.chat)
+        state.ttl = ttl or settings.SMARTFLOW_CACHE_TTL
+        # A stream is assembled from one merged message; with n > 1 it cannot be stored faithfully.
+        state.store = store and state.ttl > 0 and not (call.is_stream and (call.chat.get("n") or 1) > 1)
+        if self.mode == "semantic":
+            state.scope = keys.semantic_scope(team, provider, model, call.chat)
+        try:
+            answer = await self._lookup(ex, state) if lookup else None
+        except stores.StoreDown:
+            state.store = False
+            return None
+        finally:
+            ex.trace.stage("cache")
+        if answer is None:
+            state.outcome = "miss"
+            ex.out["x-smartflow-cache"] = "MISS"
+        return answer
+
+    async def _lookup(self, ex: Exchange, state: CacheState) -> Answer | None:
+        key, similarity = state.key, None
+        raw = await self.store.get(key)
+        semantic = self.semantic
+        if raw is None and semantic is not None:  # exact first, then by meaning
+            try:
+                found = await semantic.search(state.scope, keys.conversation_text(ex.call.chat))
+            except Exception:  # the index failing is a miss, never a failed request
+                log.exception("MetaCache: the semantic search failed")
+                found = None
+            if found is not None:
+                key, similarity = found
+                raw = await self.store.get(key)
+        if raw is None:
+            return None
+        entry = orjson.loads(raw)
+        age = max(0, int(time.time() - entry["stored_at"]))
+        state.outcome, state.store = "hit", False
+        state.meta = {"key": key, "age_s": age, "ttl_s": entry["ttl_s"], "saved_usd": entry["cost_usd"]}
+        if similarity is not None:
+            state.meta["similarity"] = round(float(similarity), 6)
+        ex.out.update({"x-smartflow-cache": "HIT", "age": str(age)})
+        return Answer(entry["response"])
+
+    async def response(self, ex: Exchange, response: dict) -> None:
+        state = ex.state.get("cache")
+        if state is None or not state.store or not storable(response):
+            return
+        entry = {"response": {"choices": response["choices"], "usage": response.get("usage")},
+                 "stored_at": time.time(), "ttl_s": state.ttl,
+                 "cost_usd": float(ex.trace.fields.get("cost_usd") or 0)}
+        try:
+            await self.store.put(state.key, orjson.dumps(entry), state.ttl)
+            semantic = self.semantic
+            if semantic is not None:
+                await semantic.add(state.scope, keys.conversation_text(ex.call.chat), state.key, state.ttl)
+        except stores.StoreDown:
+            pass  # the answer went out; it is just not cached
+        except Exception:
+            log.exception("MetaCache: storing an answer failed")
+
+    def log(self, ex: Exchange) -> None:
+        state = ex.state.get("cache")
+        if state is not None:
+            ex.trace.set(cache=state.outcome, cache_meta=(state.meta or {"key": state.key}) if state.key else {})

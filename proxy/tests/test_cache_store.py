@@ -1,0 +1,39 @@
+"""The in-process store: LRU bounded by bytes, TTL, O(1) stats."""
+import asyncio
+import time
+
+from proxy.cache.store import MemoryStore
+
+
+def test_least_recently_used_goes_first_and_bytes_stay_bounded():
+    store = MemoryStore(max_bytes=300)
+
+    async def scenario():
+        for key in "abc":
+            await store.put(key, b"x" * 100, 60)
+        await store.get("a")  # now b is the least recently used
+        await store.put("d", b"y" * 100, 60)
+        return [await store.get(k) is not None for k in "abcd"]
+    assert asyncio.run(scenario()) == [True, False, True, True]
+    assert store.stats() == {"entries": 3, "bytes": 300, "ok": True}
+
+
+def test_an_entry_larger_than_the_bound_is_not_stored():
+    store = MemoryStore(max_bytes=10)
+    asyncio.run(store.put("big", b"x" * 11, 60))
+    assert store.stats()["entries"] == 0
+
+
+def test_expired_entries_are_not_answered_and_are_dropped():
+    store = MemoryStore(max_bytes=1000)
+
+    async def scenario():
+        await store.put("old", b"x" * 10, 1)
+        await store.put("replaced", b"x" * 10, 60)
+        await store.put("replaced", b"x" * 20, 60)
+        time.sleep(1.05)
+        gone = await store.get("old")
+        await store.put("new", b"y" * 5, 60)
+        return gone
+    assert asyncio.run(scenario()) is None
+    assert store.stats() == {"entries": 2, "bytes": 25, "ok": True}

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-APT_PACKAGES := nginx-light wrk chromium prometheus
+APT_PACKAGES := nginx-light wrk chromium prometheus docker-compose
 
 .PHONY: run install install-dev system-deps migrate test test-fast bench clean
 
@@ -21,10 +21,10 @@ install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev system-deps
 
-# Browsers, promtool, nginx and wrk for the tests and the benchmark (Debian packages).
+# Browsers, promtool, nginx, wrk and docker-compose (checks the compose file) for the tests and the benchmark (Debian packages).
 system-deps:
 	@missing=""; \
-	for bin in /usr/bin/chromium /usr/bin/promtool /usr/sbin/nginx /usr/bin/wrk; do \
+	for bin in /usr/bin/chromium /usr/bin/promtool /usr/sbin/nginx /usr/bin/wrk /usr/bin/docker-compose; do \
 	  [ -x $$bin ] || missing=yes; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \

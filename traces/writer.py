@@ -1,4 +1,4 @@
-"""Inserts a batch of VASLogs with one executemany of prepared rows.
+"""Inserts a batch of VASLogs with a few multi-row INSERTs of prepared rows.
 
 bulk_create builds a model instance and runs every field's conversion per
 row; this writer does the same conversions once per column, about five times
@@ -142,12 +142,23 @@ def is_record_error(exc: BaseException) -> bool:
     return str(getattr(exc.__cause__, "sqlstate", "") or "")[:2] in RECORD_SQLSTATES
 
 
-def _sql(columns: list[Column]) -> str:
+def _sql(columns: list[Column], rows: int = 1) -> str:
     json_cast = "::jsonb" if connection.vendor == "postgresql" else ""
-    placeholders = ", ".join(f"%s{json_cast}" if c.kind == "json" else "%s" for c in columns)
+    placeholders = "(" + ", ".join(f"%s{json_cast}" if c.kind == "json" else "%s" for c in columns) + ")"
     quote = connection.ops.quote_name
     return (f"INSERT INTO {quote(VASLog._meta.db_table)} ({', '.join(quote(c.name) for c in columns)}) "
-            f"VALUES ({placeholders}) ON CONFLICT DO NOTHING")
+            f"VALUES {', '.join([placeholders] * rows)} ON CONFLICT DO NOTHING")
+
+
+def _insert_many(columns: list[Column], rows: list[list]):
+    """Many rows per statement: executemany steps the database once per row, and each step
+    gives up the GIL and waits to get it back from the busy event loop (the writer then fell
+    behind at about 1,000 requests/s and its backlog grew without end)."""
+    per = max(1, min(len(rows), (connection.features.max_query_params or 65535) // len(columns)))
+    with transaction.atomic(), connection.cursor() as cursor:  # one commit, not one per row
+        for start in range(0, len(rows), per):
+            chunk = rows[start:start + per]
+            cursor.execute(_sql(columns, len(chunk)), [value for row in chunk for value in row])
 
 
 def write_batch(records: list[dict]) -> Outcome:
@@ -165,8 +176,7 @@ def write_batch(records: list[dict]) -> Outcome:
             outcome.minimal += 1
         rows.append(row)
     try:
-        with transaction.atomic(), connection.cursor() as cursor:  # one commit, not one per row
-            cursor.executemany(sql, rows)
+        _insert_many(columns, rows)
         outcome.written = len(rows)
         return outcome
     except Exception as exc:

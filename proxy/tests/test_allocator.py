@@ -1,0 +1,32 @@
+"""serve tunes glibc's allocator so freed large blocks go back to the system (flat RSS)."""
+import ctypes.util
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import ctypes, ctypes.util, sys
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+    from proxy.management.commands.serve import tune_allocator
+    assert tune_allocator()
+size = 600 * 1024
+libc.free(libc.malloc(size))          # glibc's default raises its mmap threshold past this size here
+block = libc.malloc(size)
+print(libc.mallinfo2().hblkhd >= size)  # mapped, so returned to the system when freed
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallinfo2"), reason="needs glibc")
+@pytest.mark.parametrize("mode, mapped", [("default", "False"), ("tuned", "True")])
+def test_a_large_block_freed_once_is_still_mapped_after_tuning(mode, mapped):
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == mapped

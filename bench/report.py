@@ -94,7 +94,7 @@ def summary(results, meta):
     w("1) Latency at concurrency 1 (wrk -t1 -c1 --latency), milliseconds")
     w("   added = gateway percentile minus direct percentile (same run, same route)")
     hdr = f"   {'route':<50} {'server':<11} {'direct p50':>10} {'p99':>7} {'gw p50':>8} {'p99':>7} " \
-          f"{'ADDED p50':>10} {'p99':>7} {'gw CPU/req':>10} {'non2xx':>7}"
+          f"{'ADDED p50':>10} {'p99':>7} {'gw CPU/req':>10} {'loop lag':>9} {'non2xx':>7}"
     w(hdr)
     w("   " + "-" * (len(hdr) - 3))
     for route, (label, direct_route) in ROUTES.items():
@@ -106,7 +106,8 @@ def summary(results, meta):
             w(f"   {label:<50} {server:<11} {ms(d['p50_us']):>10} {ms(d['p99_us']):>7} "
               f"{ms(g['p50_us']):>8} {ms(g['p99_us']):>7} {ms(g['p50_us'] - d['p50_us']):>10} "
               f"{ms(g['p99_us'] - d['p99_us']):>7} {g.get('gw_cpu_ms_per_req', 0):>10.3f} "
-              f"{int(g['non2xx'] + g['socket_errors']):>7}")
+              f"{g.get('lag_max_ms', 0):>9.3f} {int(g['non2xx'] + g['socket_errors']):>7}")
+    w("   loop lag: the worst delay, in ms, of a 1 ms ticker on the gateway's event loop during the run")
     w("")
     w("2) Throughput at concurrency 64 (wrk -t2 -c64), requests per second")
     hdr = f"   {'route':<50} {'server':<11} {'direct':>9} {'gateway':>9} {'gw/direct':>9} " \

@@ -119,6 +119,9 @@ export SMARTFLOW_MASTER_KEY="sk-sf-bench-master-$(head -c 12 /dev/urandom | od -
 export OPENAI_API_KEY="sk-bench-openai" ANTHROPIC_API_KEY="sk-ant-bench"
 export SMARTFLOW_LOG_LEVEL="${SMARTFLOW_LOG_LEVEL:-WARNING}"
 export PYTHONDONTWRITEBYTECODE=1
+# Every gateway started here appends its event loop's worst lag per second (smartflow/looplag.py);
+# BENCH_LOOP_LAG=0 leaves the 1 ms ticker out (it costs the loop a little).
+[[ "${BENCH_LOOP_LAG:-1}" == 1 ]] && export SMARTFLOW_LOOP_LAG_FILE="$TMP/looplag.log"
 # The standard runs send one fixed body: with MetaCache on, every request but the first would be
 # a cache hit. They measure the proxied path; BENCH_CACHE=1 measures the cache itself.
 export SMARTFLOW_CACHE=off
@@ -220,8 +223,9 @@ wrk_run() {
         # A new run id each run: no request of this run can hit an entry an earlier run stored.
         [[ $route == *-miss ]] && vary="r$$-$RANDOM$RANDOM-$(date +%s%N)"
     fi
-    local out cpu0=0 cpu1=0
+    local out cpu0=0 cpu1=0 t0 t1
     [[ $server != direct && -n $record ]] && cpu0=$(group_cpu_ticks "$GW_PID")
+    t0=$(date +%s)
     out=$(BENCH_BODY_FILE="$BENCH/payloads/$body" BENCH_AUTH="$auth" BENCH_PROVIDER="$provider" \
           BENCH_EXTRA_HDR="$extra" BENCH_VARY="$vary" timeout $((duration + 30)) \
           "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency -s "$BENCH/post.lua" "$url")
@@ -233,11 +237,22 @@ wrk_run() {
             line+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v l="$line" 'BEGIN {
                 match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9);
                 printf "gw_cpu_ms_per_req=%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')"
+            if [[ -n ${SMARTFLOW_LOOP_LAG_FILE:-} ]]; then
+                sleep 1.1  # the probe writes the run's last second
+                t1=$(date +%s)
+                line+=" $(loop_lag "$t0" "$t1")"
+            fi
         fi
         printf '%s\t%s\t%s\t%s\n' "$server" "$route" "$conc" "$line" >>"$RESULTS"
         printf '  %-10s %-17s c=%-3s %s\n' "$server" "$route" "$conc" \
-            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req)=/) printf "%s ", $i}' <<<"$line")"
+            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req|lag_max_ms|gc2_ms)=/) printf "%s ", $i}' <<<"$line")"
     fi
+}
+
+loop_lag() {  # loop_lag T0 T1: the gateway loop's worst lag, ticks over 5 ms, full-GC ms in [T0, T1)
+    awk -v a="$1" -v b="$2" '$1 >= a && $1 < b { if ($2 > w) w = $2; n += $3; g += $4 }
+        END { printf "lag_max_ms=%.3f lag_over5=%d gc2_ms=%.3f", w, n, g }' "${SMARTFLOW_LOOP_LAG_FILE:-/dev/null}" 2>/dev/null ||
+        printf 'lag_max_ms=0 lag_over5=0 gc2_ms=0'
 }
 
 measure() {  # measure SERVER ROUTE CONC: warm-up (gateway only), then the recorded run

@@ -15,7 +15,10 @@ django_app = get_asgi_application()
 
 from channels.routing import URLRouter  # noqa: E402
 
+from django.conf import settings  # noqa: E402
+
 from proxy import upstream  # noqa: E402
+from smartflow import looplag  # noqa: E402
 from proxy.views import PROXY_ROUTES  # noqa: E402
 from smartflow.ports import role_for  # noqa: E402
 from traces.recorder import recorder  # noqa: E402
@@ -54,6 +57,7 @@ async def lifespan(receive, send):
             gc.collect()
             gc.freeze()
             recorder.start()
+            looplag.start(settings.SMARTFLOW_LOOP_LAG_FILE)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             # A graceful stop writes every trace still in memory.

@@ -112,6 +112,8 @@ SMARTFLOW_BODY_TIMEOUT_SECONDS = env_float("SMARTFLOW_BODY_TIMEOUT_SECONDS", 60.
 SMARTFLOW_KEEPALIVE_SECONDS = env_int("SMARTFLOW_KEEPALIVE_SECONDS", 75)
 # Each /health check (database, cache) gets at most this many seconds.
 SMARTFLOW_HEALTH_TIMEOUT = env_float("SMARTFLOW_HEALTH_TIMEOUT", 2.0)
+# The benchmark's event-loop lag probe (smartflow/looplag.py): a file to append to; off when empty.
+SMARTFLOW_LOOP_LAG_FILE = os.environ.get("SMARTFLOW_LOOP_LAG_FILE", "")
 SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS = env_int("SMARTFLOW_ANTHROPIC_DEFAULT_MAX_TOKENS", 4096)
 # Key for encrypting provider keys at rest (Fernet); derived from SECRET_KEY if unset.
 SMARTFLOW_ENCRYPTION_KEY = env_str("SMARTFLOW_ENCRYPTION_KEY")

@@ -2,6 +2,8 @@
 as gitleaks and GitHub secret scanning match them (gitleaks/gitleaks config/gitleaks.toml)."""
 from __future__ import annotations
 
+PEM_BEGIN = "-----BEGIN "
+PEM_END = r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----"
 PATTERNS = {
     "ANTHROPIC": r"\bsk-ant-[A-Za-z0-9_\-]{20,200}",
     "OPENAI": r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}",
@@ -10,10 +12,8 @@ PATTERNS = {
     "GITHUB": r"\bgh[pousr]_[A-Za-z0-9]{36,200}|\bgithub_pat_[A-Za-z0-9_]{22,200}",
     "SLACK": r"\bxox[abposr]-[A-Za-z0-9\-]{10,200}",
     # Held in a stream from its BEGIN line to its END line, however long.
-    "PEM": r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----",
+    "PEM": r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[\s\S]*?" + PEM_END,
 }
-PEM_BEGIN = "-----BEGIN "
-PEM_END = "PRIVATE KEY-----"
 
 
 def api_key(text: str, before: str, after: str) -> float:

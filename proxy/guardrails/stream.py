@@ -6,11 +6,21 @@ held from its BEGIN line to its END line. Checking each chunk alone would leak a
 across two chunks (LiteLLM's bug); this never releases a character a later match could include."""
 from __future__ import annotations
 
+import re2
+
 from . import injection, secrets
 from .rules import Rule, replace
 from .scan import INJECTION, scan
 
+_PEM_END = re2.compile(secrets.PEM_END)
 CONTEXT_KEEP = 64  # released characters kept for the context words just before a match
+
+
+def _private_key_header(text: str, begin: int) -> bool:
+    """Whether the BEGIN line at begin opens a private key (or is not complete yet)."""
+    header = text[begin + len(secrets.PEM_BEGIN):begin + len(secrets.PEM_BEGIN) + 60]
+    end = header.find("-----")
+    return end < 0 or header[:end].endswith("PRIVATE KEY")
 
 
 class Blocked(Exception):
@@ -39,7 +49,7 @@ class Window:
         cut = len(whole) if final else max(base, len(whole) - self.hold)
         if not final:
             begin = self.buffer.rfind(secrets.PEM_BEGIN)
-            if begin >= 0 and "-----END " not in self.buffer[begin:]:
+            if begin >= 0 and _private_key_header(self.buffer, begin) and not _PEM_END.search(self.buffer, begin):
                 cut = min(cut, base + begin)
         found = scan(whole) if self.scans else []
         hits = [(rule, f) for rule in self.rules for f in rule.matches(whole, found) if f.start >= base]

@@ -207,3 +207,18 @@ def test_a_certificate_is_not_held_like_a_private_key():
     cert = "-----BEGIN CERTIFICATE-----\n" + "MIIB" * 200 + "\n"
     released = "".join(window.feed(cert[i:i + 50]) for i in range(0, len(cert), 50))
     assert len(cert) - len(released) <= MAX_SPAN
+
+
+@pytest.mark.parametrize("prefix", ["", "é日本語 😀 ", "\ud800 lone surrogate ", "x\x00y "])
+def test_offsets_are_characters_whatever_the_text(prefix):
+    text = prefix + "mail jane.roe@example.org, card 4111 1111 1111 1111 — fin 😀 +44 20 7946 0958"
+    found = scan(text)
+    assert [text[f.start:f.end] for f in found] == ["jane.roe@example.org", "4111 1111 1111 1111", "+44 20 7946 0958"]
+    assert R.mask(text, [rule()]) == prefix + "mail <EMAIL_ADDRESS>, card <CREDIT_CARD> — fin 😀 <PHONE_NUMBER>"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=()), max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_any_characters_at_all(text):
+    for f in scan(text + " jane.roe@example.org"):
+        assert 0 <= f.start < f.end <= len(text) + 21

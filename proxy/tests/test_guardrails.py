@@ -318,3 +318,43 @@ def test_policies_changed_while_traffic_flows(gateway, guard, settings, fake_ups
         for t in threads:
             t.join()
     assert not failures and 400 in statuses and 200 in statuses
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "ollama"])
+def test_redaction_is_in_every_providers_body(gateway, guard, sdk, fake_upstream, provider):
+    guard(name="pii", action="redact", on="prompt")
+    tool_turns = [{"role": "user", "content": f"send to {EMAIL}"},
+                  {"role": "assistant", "content": None, "tool_calls": [
+                      {"id": "call_1", "type": "function",
+                       "function": {"name": "send", "arguments": json.dumps({"to": EMAIL})}}]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": f"sent to {EMAIL}"},
+                  {"role": "user", "content": [{"type": "text", "text": f"and cc {EMAIL}"}]}]
+    tools = [{"type": "function", "function": {"name": "send", "parameters": {"type": "object"}}}]
+    sdk.chat.completions.create(model="gpt-4.1", messages=tool_turns, tools=tools,
+                                extra_headers={"x-smartflow-provider": provider})
+    sent = sent_texts(fake_upstream)
+    assert fake_upstream.requests[-1].provider == provider
+    assert "jane.roe" not in sent and sent.count("<EMAIL_ADDRESS>") == 4
+
+
+def test_anthropic_blocks_and_system_prompt_are_redacted(gateway, guard, claude, fake_upstream):
+    guard(name="pii", action="redact", on="prompt")
+    claude.messages.create(model="gpt-4.1", max_tokens=20, system=f"Escalate to {EMAIL}",
+                           messages=[{"role": "user", "content": [{"type": "text", "text": f"I am {EMAIL}"}]}])
+    sent = sent_texts(fake_upstream)
+    assert "jane.roe" not in sent and sent.count("<EMAIL_ADDRESS>") == 2
+
+
+def test_a_megabyte_prompt_is_checked_quickly_and_nul_bytes_are_stored(gateway, guard, proxy_client, fake_upstream):
+    import time
+
+    guard(name="pii", action="redact", on="both")
+    text = ("lorem ipsum 2024-01-15 v1.2.3 order 123456 " * 24_000)[:1_000_000] + f" \x00 {EMAIL}"
+    started = time.perf_counter()
+    reply = proxy_client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": user(text)})
+    assert reply.status_code == 200 and time.perf_counter() - started < 5
+    assert EMAIL not in sent_texts(fake_upstream) and EMAIL not in reply.text
+    log = log_for(gateway, reply.headers["x-smartflow-request-id"])
+    assert log.compliance == "flagged" and EMAIL not in json.dumps(log.prompt)
+    # The answer echoes the already redacted prompt: nothing more to find in it.
+    assert log.guardrails["pii"] == [{"type": "EMAIL_ADDRESS", "where": "prompt", "action": "redact", "count": 1}]

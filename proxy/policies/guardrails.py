@@ -42,7 +42,7 @@ class GuardState:
     response_rules: list
     prompt: R.Verdict | None = None
     response: R.Verdict | None = None
-    windows: dict = field(default_factory=dict)  # (choice, "content" | tool index) -> Window
+    windows: dict = field(default_factory=dict)  # (choice, "content" | "refusal" | tool index) -> Window
     stream_rules: list = field(default_factory=list)  # the redact and block rules a stream holds back for
     stream_counts: dict = field(default_factory=dict)
     stream_triggered: set = field(default_factory=set)
@@ -163,24 +163,25 @@ class GuardrailsPolicy(Policy):
             return
         calls = delta.get("tool_calls") or []
         finish = bool(choice.get("finish_reason"))
-        text = delta.get("content")
-        if isinstance(text, str) and (text or (index, "content") in state.windows):
-            # The text ends where a tool call or the finish begins: release all that is held.
-            delta["content"] = self._window(state, (index, "content")).feed(text, final=bool(calls) or finish)
-        elif (calls or finish) and (index, "content") in state.windows:
-            delta["content"] = self._window(state, (index, "content")).feed("", final=True)
+        for part in ("content", "refusal"):
+            text = delta.get(part)
+            if isinstance(text, str) and (text or (index, part) in state.windows):
+                # The text ends where a tool call or the finish begins: release all that is held.
+                delta[part] = self._window(state, (index, part)).feed(text, final=bool(calls) or finish)
+            elif (calls or finish) and (index, part) in state.windows:
+                delta[part] = self._window(state, (index, part)).feed("", final=True)
         flushed = []
         for position, call in enumerate(calls):
             slot = call.get("index", position)
             for (i, other), window in list(state.windows.items()):
-                if i == index and other not in ("content", slot) and window.buffer:
+                if i == index and other not in ("content", "refusal", slot) and window.buffer:
                     flushed.append({"index": other, "function": {"arguments": window.feed("", final=True)}})
             function = call.get("function")
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 function["arguments"] = self._window(state, (index, slot)).feed(function["arguments"], final=finish)
         if finish:
             for (i, other), window in state.windows.items():
-                if i == index and other != "content" and window.buffer:
+                if i == index and other not in ("content", "refusal") and window.buffer:
                     flushed.append({"index": other, "function": {"arguments": window.feed("", final=True)}})
         if flushed:
             delta["tool_calls"] = flushed + calls if not finish else calls + flushed

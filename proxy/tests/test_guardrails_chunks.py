@@ -98,3 +98,10 @@ def test_without_response_rules_chunks_pass_untouched():
     asyncio.run(policy.request(ex))
     chunk = delta(0, content=EMAIL)
     assert policy.chunk(ex, chunk) is chunk and chunk["choices"][0]["delta"]["content"] == EMAIL
+
+
+def test_a_refusal_is_windowed_like_content():
+    chunks = [delta(0, role="assistant", refusal="I will not mail jane.r"), delta(0, refusal="oe@example.org."),
+              delta(0, "stop")]
+    final, _ = run(GuardrailsPolicy(Rules(REDACT)), chunks)
+    assert final.choices[0].message.refusal == "I will not mail <EMAIL_ADDRESS>."

@@ -358,3 +358,15 @@ def test_a_megabyte_prompt_is_checked_quickly_and_nul_bytes_are_stored(gateway, 
     assert log.compliance == "flagged" and EMAIL not in json.dumps(log.prompt)
     # The answer echoes the already redacted prompt: nothing more to find in it.
     assert log.guardrails["pii"] == [{"type": "EMAIL_ADDRESS", "where": "prompt", "action": "redact", "count": 1}]
+
+
+def test_every_refusal_carries_the_compliance_header(gateway, guard, fake_upstream):
+    url = gateway.proxy_url + "/v1/chat/completions"
+    for headers, body in (({}, b"{}"), ({"Authorization": f"Bearer {MASTER_KEY}"}, b"{not json"),
+                          ({"Authorization": f"Bearer {MASTER_KEY}"}, b'{"model": "gpt-4.1", "messages": []}')):
+        reply = httpx.post(url, content=body, headers={**headers, "content-type": "application/json"})
+        assert reply.status_code in (400, 401) and reply.headers["x-smartflow-compliance"] == "pass"
+    fake_upstream.script(provider="openai", status=500, body={"error": {"message": "boom"}})
+    reply = httpx.post(url, json={"model": "gpt-4.1", "messages": user("hi")},
+                       headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    assert reply.status_code == 502 and reply.headers["x-smartflow-compliance"] == "pass"

@@ -204,38 +204,32 @@ class GuardrailsPolicy(Policy):
             return
         trace = ex.trace
         if ex.call is not None and ex.call.is_stream and state.response_rules:
-            # Flag rules are not held back in a stream: judged on the answer as it went out.
-            flags = [r for r in state.response_rules if r.action == "flag"]
-            answer = trace.fields.get("response")
-            if flags and isinstance(answer, dict):
-                state.response = _check(flags, answer_slots(masked(answer, [])))
-            counts = dict(state.response.counts if state.response else {})
-            for key, count in state.stream_counts.items():
-                counts[key] = counts.get(key, 0) + count
-            response = state.response or R.Verdict()
-            response.counts = counts
-            response.triggered = response.triggered + [r for r in state.stream_rules if r.name in state.stream_triggered]
-            state.response = response
-        verdicts = [v for v in (state.prompt, state.response) if v is not None]
-        triggered = {(side, r.name) for side, v in (("prompt", state.prompt), ("response", state.response))
-                     if v is not None for r in v.triggered}
-        records, seen = [], set()
-        for side, rules in (("prompt", state.prompt_rules), ("response", state.response_rules)):
-            for rule in rules:
-                if rule.name in seen:
-                    continue
-                seen.add(rule.name)
-                records.append({"name": rule.name, "action": rule.action,
-                                "triggered": ("prompt", rule.name) in triggered or ("response", rule.name) in triggered})
+            state.response = _stream_verdict(state, trace.fields.get("response"))
+        sides = [(side, v) for side, v in (("prompt", state.prompt), ("response", state.response)) if v is not None]
+        triggered = {(side, rule.name) for side, v in sides for rule in v.triggered}
+        records = {}
+        for rule in state.prompt_rules + state.response_rules:  # a rule on both sides is listed once
+            hit = ("prompt", rule.name) in triggered or ("response", rule.name) in triggered
+            records[rule.name] = {"name": rule.name, "action": rule.action, "triggered": hit}
         found = [{"type": kind, "where": side, "action": action, "count": count}
-                 for side, v in (("prompt", state.prompt), ("response", state.response)) if v is not None
-                 for (kind, action), count in sorted(v.counts.items())]
-        compliance = "blocked" if state.blocked_by else "flagged" if triggered else "pass"
-        fields = {"compliance": compliance,
-                  "guardrails": {"policies": records, "pii": found, "risk_score": R.risk_score(verdicts)}}
+                 for side, v in sides for (kind, action), count in sorted(v.counts.items())]
+        fields = {"compliance": "blocked" if state.blocked_by else "flagged" if triggered else "pass",
+                  "guardrails": {"policies": list(records.values()), "pii": found,
+                                 "risk_score": R.risk_score([v for _, v in sides])}}
+        # The VASLog keeps no matched text: every match of every triggered rule, flag included.
         if state.prompt is not None and state.prompt.triggered:
             fields["prompt"] = masked(trace.fields.get("prompt"), state.prompt.triggered)
-        response_rules = [r for r in state.response_rules if ("response", r.name) in triggered]
-        if response_rules and trace.fields.get("response") is not None:
-            fields["response"] = masked(trace.fields["response"], response_rules)
+        if state.response is not None and state.response.triggered and trace.fields.get("response") is not None:
+            fields["response"] = masked(trace.fields["response"], state.response.triggered)
         trace.set(**fields)
+
+
+def _stream_verdict(state: GuardState, answer) -> R.Verdict:
+    """A stream's response verdict: what its windows found (redact and block rules), and what the
+    flag rules, which hold nothing back, find in the answer as it went out."""
+    flags = [r for r in state.response_rules if r.action == "flag"]
+    verdict = _check(flags, answer_slots(answer)) if flags and isinstance(answer, dict) else R.Verdict()
+    for key, count in state.stream_counts.items():
+        verdict.counts[key] = verdict.counts.get(key, 0) + count
+    verdict.triggered += [r for r in state.stream_rules if r.name in state.stream_triggered]
+    return verdict

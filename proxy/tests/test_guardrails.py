@@ -370,3 +370,19 @@ def test_every_refusal_carries_the_compliance_header(gateway, guard, fake_upstre
     reply = httpx.post(url, json={"model": "gpt-4.1", "messages": user("hi")},
                        headers={"Authorization": f"Bearer {MASTER_KEY}"})
     assert reply.status_code == 502 and reply.headers["x-smartflow-compliance"] == "pass"
+
+
+def test_a_streamed_flag_is_recorded_and_masked_in_the_log(gateway, guard, sdk, fake_upstream):
+    guard(name="watch", action="flag", on="response")
+    guard(name="cards", entities=["CREDIT_CARD"], action="redact", on="response")
+    with sdk.chat.completions.with_streaming_response.create(
+            model="gpt-4.1", stream=True, messages=user(f"say {EMAIL} and {CARD}")) as raw:
+        text = "".join(line for line in raw.iter_lines())
+        request_id = raw.headers["x-smartflow-request-id"]
+    assert "jane.roe" in text and "1111" not in text  # flag: the client gets it; redact: it does not
+    log = log_for(gateway, request_id)
+    assert log.compliance == "flagged"
+    assert EMAIL not in json.dumps(log.response) and "1111" not in json.dumps(log.response)
+    assert {(p["type"], p["action"]) for p in log.guardrails["pii"]} >= {
+        ("EMAIL_ADDRESS", "flag"), ("CREDIT_CARD", "redact")}
+    assert all(p["triggered"] for p in log.guardrails["policies"])

@@ -386,3 +386,37 @@ def test_a_streamed_flag_is_recorded_and_masked_in_the_log(gateway, guard, sdk, 
     assert {(p["type"], p["action"]) for p in log.guardrails["pii"]} >= {
         ("EMAIL_ADDRESS", "flag"), ("CREDIT_CARD", "redact")}
     assert all(p["triggered"] for p in log.guardrails["policies"])
+
+
+def ask(sdk, claude, client_format, stream, text):
+    """The answer's text through the real SDK (its stream accumulator when streamed)."""
+    if client_format == "openai":
+        if stream:
+            with sdk.chat.completions.stream(model="gpt-4.1", messages=user(text)) as s:
+                return s.get_final_completion().choices[0].message.content
+        return sdk.chat.completions.create(model="gpt-4.1", messages=user(text)).choices[0].message.content
+    if stream:
+        with claude.messages.stream(model="claude-sonnet-4-6", max_tokens=60, messages=user(text)) as s:
+            return s.get_final_message().content[0].text
+    return claude.messages.create(model="claude-sonnet-4-6", max_tokens=60, messages=user(text)).content[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("client_format", ["openai", "anthropic"])
+@pytest.mark.parametrize("side", ["prompt", "response"])
+@pytest.mark.parametrize("action", ["flag", "redact", "block"])
+def test_each_action_on_each_side_in_each_format(gateway, guard, sdk, claude, fake_upstream, action, side,
+                                                  client_format, stream):
+    guard(name="rule", entities=["EMAIL_ADDRESS"], action=action, on=side)
+    text = f"note {uuid.uuid4().hex[:6]} for {EMAIL} " + "and some words " * 12
+    errors = (openai.APIError, anthropic.APIError)
+    if action == "block":
+        with pytest.raises(errors) as err:
+            ask(sdk, claude, client_format, stream, text)
+        assert "rule" in str(err.value) and EMAIL not in str(err.value)
+        assert calls(fake_upstream) == (0 if side == "prompt" else 1)
+        return
+    answer = ask(sdk, claude, client_format, stream, text)
+    redacted = text.replace(EMAIL, "<EMAIL_ADDRESS>")
+    assert answer == ECHO_PREFIX + (redacted if action == "redact" else text)
+    assert (EMAIL in sent_texts(fake_upstream)) == (action == "flag" or side == "response")

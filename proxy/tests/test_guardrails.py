@@ -420,3 +420,22 @@ def test_each_action_on_each_side_in_each_format(gateway, guard, sdk, claude, fa
     redacted = text.replace(EMAIL, "<EMAIL_ADDRESS>")
     assert answer == ECHO_PREFIX + (redacted if action == "redact" else text)
     assert (EMAIL in sent_texts(fake_upstream)) == (action == "flag" or side == "response")
+
+
+def test_the_cache_key_is_the_redacted_prompt(gateway, guard, sdk, settings, fake_upstream):
+    from proxy.cache import store as stores
+
+    settings.SMARTFLOW_CACHE = "exact"
+    stores.current().clear()
+    try:
+        guard(name="pii", entities=["EMAIL_ADDRESS"], action="redact", on="prompt")
+        topic = uuid.uuid4().hex
+        sdk.chat.completions.create(model="gpt-4.1", messages=user(f"{topic}: write to {EMAIL}"))
+        # Another address: the provider would be sent the very same prompt, so the answer is reused.
+        raw = sdk.chat.completions.with_raw_response.create(model="gpt-4.1",
+                                                            messages=user(f"{topic}: write to bob@example.com"))
+        assert raw.headers["x-smartflow-cache"] == "HIT" and calls(fake_upstream) == 1
+        assert raw.headers["x-smartflow-compliance"] == "flagged"
+        assert "bob@" not in json.dumps(log_for(gateway, raw.headers["x-smartflow-request-id"]).prompt)
+    finally:
+        stores.current().clear()

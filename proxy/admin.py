@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from . import keystore, routing
 from .auth import forget_keys
-from .models import ProviderKey, Team, TierEntry, VirtualKey
+from .models import GuardrailPolicy, ProviderKey, Team, TierEntry, VirtualKey
 
 
 @admin.register(Team)
@@ -66,3 +66,24 @@ class TierEntryAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         routing.table.invalidate()
+
+
+@admin.register(GuardrailPolicy)
+class GuardrailPolicyAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "action", "on", "enabled", "updated")
+    list_filter = ("kind", "action", "on", "enabled")
+    search_fields = ("name",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        from .policies.guardrails import policies
+
+        policies.invalidate()  # this process at once; the others within SMARTFLOW_CONFIG_TTL
+        policies.get_sync()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        from .policies.guardrails import policies
+
+        policies.invalidate()
+        policies.get_sync()

@@ -77,7 +77,7 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
 
 def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The gateway's own headers, then those the policies set (x-smartflow-cache, Age, …)."""
-    headers = {"x-smartflow-request-id": trace.id, "x-smartflow-cache": "BYPASS",
+    headers = {"x-smartflow-request-id": trace.id, "x-smartflow-cache": "BYPASS", "x-smartflow-compliance": "pass",
                "x-smartflow-overhead-ms": f"{trace.overhead_ms():.3f}"}
     if call is not None:
         headers["x-smartflow-provider"] = call.route.provider

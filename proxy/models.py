@@ -91,3 +91,48 @@ class TierEntry(models.Model):
 
     def __str__(self):
         return f"{self.model} ({self.provider}, {self.tier})"
+
+
+class GuardrailPolicy(models.Model):
+    """A guardrail (CONTRACT.md "Guardrails"): what it looks for, what it does, where and for whom.
+
+    Validated by proxy.guardrails.rules.validate (the management API and the admin alike)."""
+
+    KINDS = [(k, k) for k in ("pii", "injection", "regex", "keywords")]
+    ACTIONS = [(a, a) for a in ("flag", "redact", "block")]
+    SIDES = [(s, s) for s in ("prompt", "response", "both")]
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=10, choices=KINDS)
+    entities = models.JSONField(default=list, blank=True, help_text="pii: entity names; empty: all of them.")
+    pattern = models.TextField(blank=True, help_text="regex: an RE2 (linear-time) regular expression.")
+    words = models.JSONField(default=list, blank=True, help_text="keywords: words or phrases (case-insensitive).")
+    action = models.CharField(max_length=10, choices=ACTIONS, default="flag")
+    on = models.CharField(max_length=10, choices=SIDES, default="prompt")
+    teams = models.JSONField(default=list, blank=True, help_text="Team names; empty: every team.")
+    enabled = models.BooleanField(default=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "guardrail policy"
+        verbose_name_plural = "guardrail policies"
+
+    def __str__(self):
+        return self.name
+
+    def as_policy(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "entities": list(self.entities or []),
+                "pattern": self.pattern or "", "words": list(self.words or []), "action": self.action,
+                "on": self.on, "teams": list(self.teams or []), "enabled": self.enabled}
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        from .guardrails.rules import Invalid, validate
+
+        try:
+            cleaned = validate(self.as_policy())
+        except Invalid as exc:
+            raise ValidationError({exc.field if hasattr(self, exc.field) else "__all__": str(exc)}) from None
+        for name, value in cleaned.items():
+            setattr(self, name, value)

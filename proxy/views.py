@@ -43,8 +43,10 @@ async def handle(client_format, scope, receive, send):
         chat, native = client_format.parse(request.body)
         trace.set(prompt=chat["messages"], stream=bool(chat.get("stream")), client_model=chat["model"])
         ex = Exchange(client_format, request.headers, principal, trace)
+        # A policy may need the translated path (guardrails read and redact the prompt).
+        native_ok = native is None or not chain.passthroughs or await chain.passthrough(ex)
         call = ex.call = await gateway.prepare(chat, request.headers, principal, trace, native,
-                                               client_format.native_provider)
+                                               client_format.native_provider if native_ok else None)
         answer = await chain.request(ex) if chain.requests else None
         if answer is not None:
             return await answer_from_policy(ex, chain, answer, send)
@@ -139,6 +141,8 @@ async def answer_from_policy(ex: Exchange, chain: policies.Chain, answer: polici
         await send({"type": "http.response.body", "body": b"".join(parts), "more_body": False})
         return
     response = {**base, "object": "chat.completion", **answer.response}
+    if chain.responses:  # the answer is checked as a fresh one would be (rules may have changed)
+        await chain.response(ex, response)
     trace.set(response=response)
     body = ex.client_format.respond(response, call.route.client_model)
     await send_response(send, 200, orjson.dumps(body), _headers(ex, call, trace))

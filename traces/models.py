@@ -39,6 +39,7 @@ class VASLog(models.Model):
             models.Index(fields=["team", "-timestamp", "-id"], name="vaslog_team_newest"),
             models.Index(fields=["provider", "-timestamp", "-id"], name="vaslog_provider_newest"),
             models.Index(fields=["cache", "-timestamp", "-id"], name="vaslog_cache_newest"),
+            models.Index(fields=["compliance", "-timestamp", "-id"], name="vaslog_compliance_newest"),
             models.Index(fields=["provider", "cache", "-timestamp", "-id"], name="vaslog_provider_cache_newest"),
             models.Index(fields=["-latency_ms", "-id"], name="vaslog_slowest"),
         ]

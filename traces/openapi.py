@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from proxy.routing import PROVIDER_NAMES
 
-from .queries import CACHE_VALUES, MAX_LIMIT, MAX_OFFSET, SORTS
+from .queries import CACHE_VALUES, COMPLIANCE_VALUES, MAX_LIMIT, MAX_OFFSET, SORTS
 
 
 class SummarySerializer(serializers.Serializer):
@@ -24,7 +24,7 @@ class SummarySerializer(serializers.Serializer):
     tokens_output = serializers.IntegerField()
     cost_usd = serializers.FloatField()
     cache = serializers.ChoiceField(CACHE_VALUES)
-    compliance = serializers.CharField()
+    compliance = serializers.ChoiceField(COMPLIANCE_VALUES)
     error = serializers.CharField(allow_null=True)
 
 
@@ -64,6 +64,7 @@ LIST_PARAMETERS = [
     OpenApiParameter("q", str, description="Search: a request id (or its prefix), a model name or prompt text."),
     OpenApiParameter("provider", str, enum=PROVIDER_NAMES),
     OpenApiParameter("cache", str, enum=CACHE_VALUES),
+    OpenApiParameter("compliance", str, enum=COMPLIANCE_VALUES),
     OpenApiParameter("sort", str, enum=[*SORTS, *(f"-{k}" for k in SORTS)],
                      description="A field; '-field' for descending (default -timestamp)."),
     OpenApiParameter("cursor", str, description="The 'next_cursor' of the previous page."),

@@ -1,7 +1,7 @@
 """The VAS log list, shared by the dashboard page and GET /api/vas/logs.
 
 Built to stay fast with millions of rows: only narrow summary columns are
-read, filters match the indexes on (team|provider|cache, timestamp, id), pages
+read, filters match the indexes on (team|provider|cache|compliance, timestamp, id), pages
 after the first use a keyset cursor on (sort field, id) instead of OFFSET, and
 the total is an exact count only up to COUNT_CAP (past that, an estimate).
 """
@@ -27,6 +27,7 @@ MAX_OFFSET = 100_000  # deeper than this, page with the cursor
 COUNT_CAP = 10_000
 SEARCH_COUNT_CAP = 1_000  # a text search scans rows to count them: stop sooner
 CACHE_VALUES = ("hit", "miss", "bypass")
+COMPLIANCE_VALUES = ("pass", "flagged", "blocked")
 # sort key -> ordering expression; "tokens" is input + output.
 SORTS = {"timestamp": "timestamp", "latency_ms": "latency_ms", "overhead_ms": "overhead_ms",
          "tokens": "tokens_total", "tokens_input": "tokens_input", "tokens_output": "tokens_output",
@@ -49,6 +50,7 @@ class ListParams:
     q: str = ""
     provider: str = ""
     cache: str = ""
+    compliance: str = ""
     sort: str = "-timestamp"
     cursor: str = ""
 
@@ -77,22 +79,25 @@ class ListParams:
         cache = (get("cache") or "").strip().lower()
         if cache and cache not in CACHE_VALUES:
             raise BadQuery(f"'cache' must be one of {', '.join(CACHE_VALUES)}.")
+        compliance = (get("compliance") or "").strip().lower()
+        if compliance and compliance not in COMPLIANCE_VALUES:
+            raise BadQuery(f"'compliance' must be one of {', '.join(COMPLIANCE_VALUES)}.")
         sort = (get("sort") or "-timestamp").strip()
         if sort.lstrip("-") not in SORTS:
             raise BadQuery(f"Cannot sort by '{sort}'. Accepted: {', '.join(SORTS)} (prefix '-' for descending).")
         return cls(limit=integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
                    offset=integer("offset", 0, 0, MAX_OFFSET),
-                   q=(get("q") or "").strip()[:200], provider=provider, cache=cache, sort=sort,
+                   q=(get("q") or "").strip()[:200], provider=provider, cache=cache, compliance=compliance, sort=sort,
                    cursor=(get("cursor") or "").strip())
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.provider or self.cache)
+        return bool(self.q or self.provider or self.cache or self.compliance)
 
     def query_string(self, **changes) -> str:
         from urllib.parse import urlencode
 
-        values = {"q": self.q, "provider": self.provider, "cache": self.cache,
+        values = {"q": self.q, "provider": self.provider, "cache": self.cache, "compliance": self.compliance,
                   "sort": "" if self.sort == "-timestamp" else self.sort, **changes}
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
@@ -175,6 +180,8 @@ def base_queryset(params: ListParams, teams: Collection[str] | None = None):
         qs = qs.filter(provider=params.provider)
     if params.cache:
         qs = qs.filter(cache=params.cache)
+    if params.compliance:
+        qs = qs.filter(compliance=params.compliance)
     if params.q:
         if not _ID_LIKE.match(params.q):
             qs = qs.annotate(prompt_text=Cast("prompt", TextField()))

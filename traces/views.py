@@ -13,7 +13,7 @@ from sso.teams import visible_teams
 
 from . import openapi as doc
 from .models import VASLog, as_dict
-from .queries import CACHE_VALUES, BadQuery, ListParams, filter_logs, in_teams
+from .queries import CACHE_VALUES, COMPLIANCE_VALUES, BadQuery, ListParams, filter_logs, in_teams
 from .recorder import recorder
 
 LOGIN_URL = "/dashboard/sso_login.html"
@@ -58,5 +58,6 @@ def traces_page(request):
     page = filter_logs(params, visible_teams(request.user))
     return render(request, "dashboard/traces.html", {
         "page": page, "body": page.as_body(), "params": params, "error": error,
-        "providers": PROVIDER_NAMES, "cache_values": CACHE_VALUES, "nav": "traces",
+        "providers": PROVIDER_NAMES, "cache_values": CACHE_VALUES,
+        "compliance_values": COMPLIANCE_VALUES, "nav": "traces",
     })

@@ -3,6 +3,9 @@
 Modelled on Envoy's HTTP filters and Kong's plugin phases. Each policy is one module with one
 class that overrides the phases it needs (the base class's are no-ops and are skipped):
 
+- ``passthrough(ex)`` before routing, for a request its client's format could send natively (an
+                    Anthropic client served by Anthropic): False makes it take the translated path,
+                    so the phases below see it (a policy that must read or change the prompt).
 - ``request(ex)``   before the upstream call; may change ``ex.call`` (redaction), raise a
                     ClientError (a refusal), or return an Answer (a cache hit): the upstream
                     is not called and later policies' request phases do not run.
@@ -68,6 +71,9 @@ class Exchange:
 class Policy:
     name = "policy"
 
+    async def passthrough(self, ex: Exchange) -> bool:
+        return True
+
     async def request(self, ex: Exchange) -> Answer | None:
         return None
 
@@ -88,10 +94,17 @@ def _implements(policy: Policy, phase: str) -> bool:
 class Chain:
     def __init__(self, policies: list[Policy]):
         self.policies = tuple(policies)
+        self.passthroughs = tuple(p for p in policies if _implements(p, "passthrough"))
         self.requests = tuple(p for p in policies if _implements(p, "request"))
         self.chunks = tuple(p for p in policies if _implements(p, "chunk"))
         self.responses = tuple(p for p in policies if _implements(p, "response"))
         self.logs = tuple(p for p in policies if _implements(p, "log"))
+
+    async def passthrough(self, ex: Exchange) -> bool:
+        for policy in self.passthroughs:
+            if not await policy.passthrough(ex):
+                return False
+        return True
 
     async def request(self, ex: Exchange) -> Answer | None:
         for policy in self.requests:
@@ -130,7 +143,11 @@ def chain() -> Chain:
 
 def _policies(config) -> list[Policy]:
     mode, _ = config
-    policies: list[Policy] = []
+    from .guardrails import GuardrailsPolicy
+
+    # Guardrails first: a cache hit never bypasses a prompt rule, and the cache keys and stores
+    # what the guardrails let through (the redacted prompt and answer).
+    policies: list[Policy] = [GuardrailsPolicy()]
     if mode != "off":
         from .cache import CachePolicy
 

@@ -63,13 +63,17 @@ def test_it_accepts_a_signed_in_session(client, staff_user, logs):
     assert r.status_code == 200 and r.json()["total"] == 2
 
 
-def test_it_filters_by_provider_and_cache(api, logs):
+def test_it_filters_by_provider_cache_and_compliance(api, logs):
     logs(2, provider="openai", cache="hit")
     logs(3, provider="anthropic", client_model="claude-sonnet-4-6", upstream_model="claude-sonnet-4-6", cache="miss")
     assert api.get("/api/vas/logs?provider=anthropic").json()["total"] == 3
     assert api.get("/api/vas/logs?cache=hit").json()["total"] == 2
     body = api.get("/api/vas/logs?provider=openai&cache=miss").json()
     assert body["total"] == 0 and body["data"] == []
+    logs(1, compliance="blocked")
+    assert [r["compliance"] for r in api.get("/api/vas/logs?compliance=blocked").json()["data"]] == ["blocked"]
+    assert api.get("/api/vas/logs?compliance=flagged").json()["total"] == 0
+    assert api.get("/api/vas/logs?compliance=nope").status_code == 400
 
 
 def test_it_searches_request_id_model_and_prompt_text(api, logs):

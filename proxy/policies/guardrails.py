@@ -1,0 +1,235 @@
+"""The guardrails policy: PII, secrets, prompt injection, regex and keyword rules on the prompt and
+on the answer (flag, redact, block), per team, from the database (proxy.models.GuardrailPolicy).
+
+Runs before the cache: a cache hit never bypasses a prompt rule, and the cache key is built from
+the redacted prompt the provider sees. Its response phase runs before the cache's too, so what is
+stored is the redacted answer, and a blocked answer (a ClientError) is never stored. A request a
+rule applies to is never a native pass-through: its body must be read and maybe changed, and its
+answer checked, which only the translated path does."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from proxy.guardrails import rules as R
+from proxy.guardrails.stream import Blocked, Window
+from proxy.providers.base import ClientError
+from proxy.snapshot import Snapshot
+
+from . import Exchange, Policy
+
+_STRUCTURE = frozenset({"role", "type", "id", "tool_call_id", "model", "name", "media_type"})
+
+
+def _load() -> list[R.Rule]:
+    from proxy.models import GuardrailPolicy
+
+    return [R.Rule.compile(p.as_policy()) for p in GuardrailPolicy.objects.filter(enabled=True).order_by("name")]
+
+
+policies = Snapshot(_load)
+
+
+def blocked(rule: R.Rule) -> ClientError:
+    # The policy's name, never the matched text.
+    return ClientError(f"Blocked by guardrail policy '{rule.name}'.", code="guardrail_blocked")
+
+
+@dataclass
+class GuardState:
+    prompt_rules: list
+    response_rules: list
+    prompt: R.Verdict | None = None
+    response: R.Verdict | None = None
+    windows: dict = field(default_factory=dict)  # (choice, "content" | "refusal" | tool index) -> Window
+    stream_rules: list = field(default_factory=list)  # the redact and block rules a stream holds back for
+    stream_counts: dict = field(default_factory=dict)
+    stream_triggered: set = field(default_factory=set)
+    heuristics: dict = field(default_factory=dict)
+    blocked_by: str = ""
+
+
+def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
+    """(container, key, untrusted) of every text in the messages: contents, text parts, tool arguments."""
+    slots = []
+    for message in chat.get("messages") or ():
+        untrusted = message.get("role") not in ("system", "developer")
+        content = message.get("content")
+        if isinstance(content, str):
+            slots.append((message, "content", untrusted))
+        elif isinstance(content, list):
+            slots += [(part, "text", untrusted) for part in content
+                      if isinstance(part, dict) and isinstance(part.get("text"), str)]
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                slots.append((function, "arguments", untrusted))
+    return slots
+
+
+def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:
+    slots = []
+    for choice in response.get("choices") or ():
+        message = choice.get("message") or {}
+        for key in ("content", "refusal"):
+            if isinstance(message.get(key), str):
+                slots.append((message, key, True))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            if isinstance(function.get("arguments"), str):
+                slots.append((function, "arguments", True))
+    return slots
+
+
+def _check(rules: list, slots) -> R.Verdict:
+    verdict = R.evaluate(rules, [(holder[key], untrusted) for holder, key, untrusted in slots])
+    for (holder, key, _), found in zip(slots, verdict.send):
+        if found:
+            holder[key] = R.replace(holder[key], found)
+    return verdict
+
+
+def masked(value, rules: list):
+    """A copy of a prompt or answer (any shape) with every match of the rules replaced."""
+    if isinstance(value, str):
+        return R.mask(value, rules)
+    if isinstance(value, list):
+        return [masked(v, rules) for v in value]
+    if isinstance(value, dict):
+        return {k: v if k in _STRUCTURE else masked(v, rules) for k, v in value.items()}
+    return value
+
+
+class GuardrailsPolicy(Policy):
+    name = "guardrails"
+
+    def __init__(self, snapshot=None):
+        self.snapshot = snapshot or policies
+
+    async def _rules(self, ex: Exchange) -> tuple[list, list]:
+        team = ex.principal.team
+        rules = await self.snapshot.get()
+        return ([r for r in rules if r.applies(team, "prompt")], [r for r in rules if r.applies(team, "response")])
+
+    async def passthrough(self, ex: Exchange) -> bool:
+        prompt, response = await self._rules(ex)
+        return not (prompt or response)
+
+    async def request(self, ex: Exchange):
+        prompt_rules, response_rules = await self._rules(ex)
+        state = ex.state["guardrails"] = GuardState(prompt_rules, response_rules)
+        state.stream_rules = [r for r in response_rules if r.action in ("redact", "block")]
+        if not prompt_rules:
+            return None
+        call = ex.call
+        try:
+            state.prompt = verdict = _check(prompt_rules, prompt_slots(call.chat))
+        finally:
+            ex.trace.stage("guardrails")
+        if verdict.block is not None:
+            state.blocked_by = verdict.block.name
+            ex.out["x-smartflow-compliance"] = "blocked"
+            raise blocked(verdict.block)
+        if any(verdict.send) and not call.is_native:  # the provider gets the redacted prompt
+            base_url = settings.SMARTFLOW_BASE_URLS[call.route.provider]
+            call.request.body = call.provider.build_request(call.chat, call.route.upstream_model, base_url, None).body
+        if verdict.triggered:
+            ex.out["x-smartflow-compliance"] = "flagged"
+        return None
+
+    def chunk(self, ex: Exchange, chunk: dict) -> dict | None:
+        state = ex.state.get("guardrails")
+        if state is None or not state.stream_rules:
+            return chunk
+        try:
+            for choice in chunk.get("choices") or ():
+                self._choice(state, choice)
+        except Blocked as exc:
+            state.blocked_by = exc.rule.name
+            raise blocked(exc.rule) from None
+        return chunk
+
+    def _window(self, state: GuardState, key) -> Window:
+        window = state.windows.get(key)
+        if window is None:
+            window = state.windows[key] = Window(state.stream_rules, state.stream_counts, state.stream_triggered,
+                                                 state.heuristics)
+        return window
+
+    def _choice(self, state: GuardState, choice: dict):
+        index, delta = choice.get("index", 0), choice.get("delta")
+        if not isinstance(delta, dict):
+            return
+        calls = delta.get("tool_calls") or []
+        finish = bool(choice.get("finish_reason"))
+        for part in ("content", "refusal"):
+            text = delta.get(part)
+            if isinstance(text, str) and (text or (index, part) in state.windows):
+                # The text ends where a tool call or the finish begins: release all that is held.
+                delta[part] = self._window(state, (index, part)).feed(text, final=bool(calls) or finish)
+            elif (calls or finish) and (index, part) in state.windows:
+                delta[part] = self._window(state, (index, part)).feed("", final=True)
+        flushed = []
+        for position, call in enumerate(calls):
+            slot = call.get("index", position)
+            for (i, other), window in list(state.windows.items()):
+                if i == index and other not in ("content", "refusal", slot) and window.buffer:
+                    flushed.append({"index": other, "function": {"arguments": window.feed("", final=True)}})
+            function = call.get("function")
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                function["arguments"] = self._window(state, (index, slot)).feed(function["arguments"], final=finish)
+        if finish:
+            for (i, other), window in state.windows.items():
+                if i == index and other not in ("content", "refusal") and window.buffer:
+                    flushed.append({"index": other, "function": {"arguments": window.feed("", final=True)}})
+        if flushed:
+            delta["tool_calls"] = flushed + calls if not finish else calls + flushed
+
+    async def response(self, ex: Exchange, response: dict) -> None:
+        state = ex.state.get("guardrails")
+        if state is None or not state.response_rules or state.windows or (ex.call and ex.call.is_stream):
+            return  # a stream was checked chunk by chunk
+        state.response = verdict = _check(state.response_rules, answer_slots(response))
+        if verdict.block is not None:
+            state.blocked_by = verdict.block.name
+            ex.out["x-smartflow-compliance"] = "blocked"
+            raise blocked(verdict.block)
+        if verdict.triggered and ex.out.get("x-smartflow-compliance") != "blocked":
+            ex.out["x-smartflow-compliance"] = "flagged"
+
+    def log(self, ex: Exchange) -> None:
+        state = ex.state.get("guardrails")
+        if state is None:
+            return
+        trace = ex.trace
+        if ex.call is not None and ex.call.is_stream and state.response_rules:
+            state.response = _stream_verdict(state, trace.fields.get("response"))
+        sides = [(side, v) for side, v in (("prompt", state.prompt), ("response", state.response)) if v is not None]
+        triggered = {(side, rule.name) for side, v in sides for rule in v.triggered}
+        records = {}
+        for rule in state.prompt_rules + state.response_rules:  # a rule on both sides is listed once
+            hit = ("prompt", rule.name) in triggered or ("response", rule.name) in triggered
+            records[rule.name] = {"name": rule.name, "action": rule.action, "triggered": hit}
+        found = [{"type": kind, "where": side, "action": action, "count": count}
+                 for side, v in sides for (kind, action), count in sorted(v.counts.items())]
+        fields = {"compliance": "blocked" if state.blocked_by else "flagged" if triggered else "pass",
+                  "guardrails": {"policies": list(records.values()), "pii": found,
+                                 "risk_score": R.risk_score([v for _, v in sides])}}
+        # The VASLog keeps no matched text: every match of every triggered rule, flag included.
+        if state.prompt is not None and state.prompt.triggered:
+            fields["prompt"] = masked(trace.fields.get("prompt"), state.prompt.triggered)
+        if state.response is not None and state.response.triggered and trace.fields.get("response") is not None:
+            fields["response"] = masked(trace.fields["response"], state.response.triggered)
+        trace.set(**fields)
+
+
+def _stream_verdict(state: GuardState, answer) -> R.Verdict:
+    """A stream's response verdict: what its windows found (redact and block rules), and what the
+    flag rules, which hold nothing back, find in the answer as it went out."""
+    flags = [r for r in state.response_rules if r.action == "flag"]
+    verdict = _check(flags, answer_slots(answer)) if flags and isinstance(answer, dict) else R.Verdict()
+    for key, count in state.stream_counts.items():
+        verdict.counts[key] = verdict.counts.get(key, 0) + count
+    verdict.triggered += [r for r in state.stream_rules if r.name in state.stream_triggered]
+    return verdict

@@ -1,0 +1,107 @@
+"""The policy's chunk phase on scripted streams (n > 1, interleaved tool calls, values split at
+every position), checked with the openai SDK's own stream accumulator."""
+import json
+import types
+
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
+
+from proxy.guardrails import rules as R
+from proxy.policies import Exchange
+from proxy.policies.guardrails import GuardrailsPolicy
+from proxy.providers.base import ClientError
+
+EMAIL = "jane.roe@example.org"
+
+
+class Rules:
+    def __init__(self, *policies):
+        self.rules = [R.Rule.compile(R.validate(p)) for p in policies]
+
+    async def get(self):
+        return self.rules
+
+
+def exchange():
+    principal = types.SimpleNamespace(team=None, team_id=None)
+    call = types.SimpleNamespace(is_stream=True, is_native=False, chat={"messages": []})
+    return Exchange(None, {}, principal, types.SimpleNamespace(stage=lambda *_: 0, fields={}), call)
+
+
+def run(policy, chunks):
+    import asyncio
+
+    ex = exchange()
+    asyncio.run(policy.request(ex))
+    state = ChatCompletionStreamState()
+    for i, chunk in enumerate(chunks):
+        out = policy.chunk(ex, json.loads(json.dumps(chunk)))
+        body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", **out}
+        state.handle_chunk(ChatCompletionChunk.model_validate(body))
+    return state.get_final_completion(), ex
+
+
+def delta(index, finish=None, **fields):
+    return {"choices": [{"index": index, "delta": fields, "finish_reason": finish}]}
+
+
+REDACT = {"name": "pii", "kind": "pii", "action": "redact", "on": "response"}
+
+
+@pytest.mark.parametrize("split", range(1, 40))
+def test_a_value_split_anywhere_is_redacted(split):
+    text = f"write {EMAIL} now"
+    chunks = [delta(0, role="assistant", content=""), delta(0, content=text[:split]), delta(0, content=text[split:]),
+              delta(0, "stop")]
+    final, _ = run(GuardrailsPolicy(Rules(REDACT)), chunks)
+    assert final.choices[0].message.content == "write <EMAIL_ADDRESS> now"
+
+
+def test_two_choices_and_interleaved_tool_calls():
+    args_a, args_b = json.dumps({"to": EMAIL}), json.dumps({"cc": "bob@example.com", "n": 1})
+    chunks = [delta(0, role="assistant", content="Sending to jane.r"), delta(1, role="assistant", content="ok "),
+              delta(0, content="oe@example.org:", tool_calls=[{"index": 0, "id": "a", "type": "function",
+                                                                "function": {"name": "send", "arguments": args_a[:9]}}]),
+              delta(0, tool_calls=[{"index": 0, "function": {"arguments": args_a[9:]}}]),
+              delta(0, tool_calls=[{"index": 1, "id": "b", "type": "function",
+                                    "function": {"name": "cc", "arguments": args_b[:12]}}]),
+              delta(1, content=f"mail {EMAIL}"),
+              delta(0, tool_calls=[{"index": 1, "function": {"arguments": args_b[12:]}}]),
+              delta(1, "stop"), delta(0, "tool_calls")]
+    final, ex = run(GuardrailsPolicy(Rules(REDACT)), chunks)
+    first, second = final.choices
+    assert first.message.content == "Sending to <EMAIL_ADDRESS>:"
+    assert [json.loads(c.function.arguments) for c in first.message.tool_calls] == [
+        {"to": "<EMAIL_ADDRESS>"}, {"cc": "<EMAIL_ADDRESS>", "n": 1}]
+    assert second.message.content == "ok mail <EMAIL_ADDRESS>"
+    assert ex.state["guardrails"].stream_counts == {("EMAIL_ADDRESS", "redact"): 4}
+
+
+def test_a_block_mid_stream_raises_the_guardrail_error():
+    policy = GuardrailsPolicy(Rules({**REDACT, "action": "block", "entities": ["CREDIT_CARD"]}))
+    ex = exchange()
+    import asyncio
+
+    asyncio.run(policy.request(ex))
+    released = policy.chunk(ex, delta(0, content="card 4111 1111 "))["choices"][0]["delta"]["content"]
+    with pytest.raises(ClientError) as err:
+        policy.chunk(ex, delta(0, content="1111 1111 and more text " + "z" * 300))
+    assert err.value.code == "guardrail_blocked" and "4111" not in released
+
+
+def test_without_response_rules_chunks_pass_untouched():
+    policy = GuardrailsPolicy(Rules({**REDACT, "on": "prompt"}))
+    ex = exchange()
+    import asyncio
+
+    asyncio.run(policy.request(ex))
+    chunk = delta(0, content=EMAIL)
+    assert policy.chunk(ex, chunk) is chunk and chunk["choices"][0]["delta"]["content"] == EMAIL
+
+
+def test_a_refusal_is_windowed_like_content():
+    chunks = [delta(0, role="assistant", refusal="I will not mail jane.r"), delta(0, refusal="oe@example.org."),
+              delta(0, "stop")]
+    final, _ = run(GuardrailsPolicy(Rules(REDACT)), chunks)
+    assert final.choices[0].message.refusal == "I will not mail <EMAIL_ADDRESS>."

@@ -17,15 +17,19 @@ def run(*args) -> str:
 
 @pytest.mark.django_db
 def test_create_prints_a_key_once_and_stores_only_its_hash():
-    raw = run("create", "--team", "ml", "--budget", "25.5", "--tpm", "1000", "--models", "gpt-4.1, claude-sonnet-4-6")
+    raw = run("create", "--team", "ml", "--budget", "25.5", "--tpm", "1000", "--rpm", "60",
+              "--models", "gpt-4.1, claude-sonnet-4-6")
     raw = raw.strip()
     assert raw.startswith("sk-sf-") and len(raw) > 40
     key = VirtualKey.objects.get()
     assert key.key_hash == hash_key(raw) and raw not in str(VirtualKey.objects.values())
+    # The limits are the key's own (CONTRACT "Command line"); the new team gets the models only.
+    assert float(key.budget_cap_usd) == 25.5 and key.tpm_limit == 1000 and key.rpm_limit == 60
     team = Team.objects.get(name="ml")
-    assert float(team.budget_cap_usd) == 25.5 and team.tpm_limit == 1000
+    assert team.budget_cap_usd is None and team.tpm_limit is None and team.rpm_limit is None
     assert team.allowed_models == ["gpt-4.1", "claude-sonnet-4-6"]
-    assert authenticate_sync(raw).team == "ml"
+    principal = authenticate_sync(raw)
+    assert principal.team == "ml" and principal.limits.key_rpm == 60 and principal.limits.key_tpm == 1000
 
 
 @pytest.mark.django_db

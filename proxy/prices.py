@@ -30,8 +30,9 @@ class Price:
         """The cost of an OpenAI-form usage dict: prompt_tokens includes the cached tokens
         (prompt_tokens_details.cached_tokens, read from the cache) and the cache writes
         (prompt_tokens_details.cache_write_tokens), each priced at its own rate."""
-        usage = usage or {}
-        details = usage.get("prompt_tokens_details") or {}
+        usage = usage if isinstance(usage, dict) else {}
+        details = usage.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
         prompt = _count(usage.get("prompt_tokens"))
         read = min(_count(details.get("cached_tokens")), prompt)
         write = min(_count(details.get("cache_write_tokens")), prompt - read)

@@ -16,9 +16,13 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
+import redis.asyncio as aioredis
+
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.25
+MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,11 @@ class RedisCounters:
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            import redis.asyncio as aioredis
-
-            client = aioredis.Redis.from_url(self.url, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
+            # A request waits its turn for a connection rather than failing when many are in flight.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT_S * 4,
+                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
+            client = aioredis.Redis(connection_pool=pool, retry_on_timeout=False)
             found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE), client)
         return found
 
@@ -197,8 +202,6 @@ class RedisCounters:
 
     def sync(self):
         if self._sync is None:
-            import redis
-
             self._sync = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
         return self._sync
 

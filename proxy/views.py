@@ -21,7 +21,7 @@ from .asgi_http import read_request, send_response, start_stream
 from .auth import authenticate, authenticate_sync, key_from_headers
 from .cache.store import current as metacache_store
 from .errors import openai_error
-from .limits.counters import current as limits_counters
+from .limits import counters as limit_counters
 from .formats import ANTHROPIC, OPENAI
 from .policies import Exchange
 from .providers.base import ClientError, UpstreamError
@@ -163,7 +163,7 @@ def _check_cache():
 
 
 def _check_limits():
-    return limits_counters().status()["ok"] if settings.SMARTFLOW_LIMITS else True
+    return limit_counters.current().status()["ok"] if settings.SMARTFLOW_LIMITS else True
 
 
 def _check_metacache():

@@ -95,7 +95,7 @@ def _account(call: Call, trace: Trace, usage: dict | None):
     tokens_out = (usage or {}).get("completion_tokens") or 0
     price = call.prices.lookup(trace.fields.get("provider") or call.route.provider,
                                trace.fields.get("upstream_model") or call.route.upstream_model)
-    trace.set(tokens_input=tokens_in, tokens_output=tokens_out, usage=usage,
+    trace.set(tokens_input=tokens_in, tokens_output=tokens_out,
               cost_usd=price.cost(usage) if price else 0, unpriced=price is None)
 
 

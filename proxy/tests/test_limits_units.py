@@ -17,6 +17,7 @@ from proxy import limits, prices
 from proxy.limits import counters as store
 from proxy.limits import tokens
 from proxy.limits.counters import Counter, MemoryCounters, RedisCounters, Refused
+from tests.offline import NETWORK_OFF
 
 REDIS = os.environ.get("REDIS_URL")
 
@@ -85,13 +86,7 @@ def test_an_admin_price_overrides_the_file_and_adds_models():
 
 # --- token estimates ------------------------------------------------------------------------
 
-OFFLINE = r"""
-import socket
-def refuse(*args, **kwargs):
-    raise OSError("network is off in this test")
-socket.socket.connect = refuse
-socket.socket.connect_ex = refuse
-socket.create_connection = refuse
+OFFLINE = NETWORK_OFF + r"""
 from proxy.limits import tokens
 print(tokens.count_text("Hello, world! How are you today?"))
 """

@@ -6,7 +6,8 @@ when all pass, adds to each: one Lua script call on Redis (Redis runs one script
 two gateway processes can never both take the last unit), one locked step in process. A
 counter refuses when used + held + need > limit; the amount held is clamped to what is left, so
 a large reservation cannot push a counter past its limit by itself. `settle` swaps a
-reservation for what was really used. Amounts are integers (tokens, requests, nano-USD).
+reservation for what was really used. Amounts are integers (tokens, requests, nano-USD) below
+2**53 (exact in Lua's doubles), written with %d (Redis would refuse 1e+17).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ SOCKET_TIMEOUT_S = 0.25
 MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
+MAX_AMOUNT = 2**53
+
+
 @dataclass(frozen=True)
 class Counter:
     key: str
@@ -33,6 +37,12 @@ class Counter:
     hold: int  # reserved until settled (clamped to what the limit leaves)
     use: int  # counted at once (a request against rpm)
     ttl: int  # seconds the key outlives its window
+
+    def __post_init__(self):  # a client's max_tokens of 10**30 must not break the arithmetic
+        for name in ("need", "hold"):
+            object.__setattr__(self, name, min(getattr(self, name), MAX_AMOUNT))
+        if self.limit is not None:
+            object.__setattr__(self, "limit", min(self.limit, MAX_AMOUNT))
 
 
 class Refused(Exception):
@@ -118,8 +128,8 @@ for i = 1, n do
   local hold = tonumber(ARGV[5 * i - 2])
   local use = tonumber(ARGV[5 * i - 1])
   if limit >= 0 then hold = math.max(0, math.min(hold, limit - cur[i] - use)) end
-  if use ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', use) end
-  if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', hold) end
+  if use ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', use)) end
+  if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
   if tonumber(ARGV[5 * i]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[5 * i]) end
   out[#out + 1] = hold
   out[#out + 1] = cur[i] + use + hold
@@ -131,11 +141,11 @@ _SETTLE = """
 for i = 1, #KEYS do
   local held = tonumber(ARGV[3 * i - 2])
   if held ~= 0 then
-    local left = redis.call('HINCRBY', KEYS[i], 'held', -held)
+    local left = redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held))
     if left < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
   end
   local used = tonumber(ARGV[3 * i - 1])
-  if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', used) end
+  if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
   if tonumber(ARGV[3 * i]) > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
 end
 """

@@ -42,6 +42,10 @@ def _load():
                              special_tokens=CL100K_SPECIAL)
 
 
+def is_loaded() -> bool:
+    return _encoding is not None
+
+
 def encoding():
     global _encoding
     if _encoding is None:

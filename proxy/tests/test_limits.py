@@ -417,3 +417,21 @@ def test_two_gateway_processes_on_one_redis_serve_exactly_the_limit(limited, tmp
         statuses = [r.status_code for r in answers]
         # One counter for both: separate ones would have let up to 2 x 50 through.
         assert statuses.count(200) == 48 and statuses.count(429) == 152 and len(fake.requests) == 50
+
+
+def test_one_teams_exhausted_limit_never_touches_another_and_no_header_moves_it(limited, gateway, fake_upstream):
+    first, team = limited(rpm_limit=1, tpm_limit=1000)
+    second, _ = limited(rpm_limit=1, tpm_limit=1000)
+    assert post(gateway, first, chat()).status_code == 200
+    spoof = {"x-smartflow-team": team.name, "x-ratelimit-remaining-requests": "100", "x-api-key": second}
+    assert post(gateway, first, chat(), **spoof).status_code == 429  # the Bearer key decides, nothing else
+    assert post(gateway, second, chat()).status_code == 200
+
+
+def test_hostile_output_caps_and_prompts_get_clean_answers(limited, gateway, fake_upstream):
+    raw, _ = limited(tpm_limit=1000, budget_cap_usd=Decimal("10"))
+    for body in (chat(max_tokens=10**30), chat(max_completion_tokens=2**63), chat(max_tokens="lots"),
+                 {**chat(), "messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 50_000}]}]}):
+        r = post(gateway, raw, body)
+        assert r.status_code in (200, 400, 429), r.text
+        assert r.headers["content-type"].startswith("application/json")

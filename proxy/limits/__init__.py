@@ -16,7 +16,7 @@ clock = time.time  # tests inject the time here
 
 @dataclass(frozen=True)
 class Limits:
-    """A key's own limits and its team's (None: no limit); the tighter applies."""
+    """A key's own limits and its team's (None: no limit; 0 refuses every request); the tighter applies."""
 
     team_rpm: int | None = None
     team_tpm: int | None = None
@@ -27,8 +27,12 @@ class Limits:
     key_budget: Decimal | None = None
 
     @property
+    def any(self) -> bool:
+        return self.team_rpm is not None or self.key_rpm is not None or self.has_tokens or self.has_budget
+
+    @property
     def has_tokens(self) -> bool:
-        return bool(self.team_tpm or self.key_tpm)
+        return self.team_tpm is not None or self.key_tpm is not None
 
     @property
     def has_budget(self) -> bool:

@@ -41,6 +41,7 @@ class Held:
     prompt: int = 0
     spend_keys: tuple[str, ...] = ()  # spend counted without a budget (the team's spent_usd)
     spend_ttl: int = 0
+    unlimited: tuple | None = None  # (key id, team id, period): no limit at all, spend keys made if it cost
 
 
 @dataclass
@@ -61,6 +62,10 @@ class LimitsPolicy(Policy):
         if principal.is_master or principal.team_id is None:
             return None
         lim: limits.Limits = principal.limits
+        if not lim.any:  # the common case: only the spend is counted, after the answer
+            ex.state["limits"] = LimitsState(Held(None, [], [], [], unlimited=(principal.key_id, principal.team_id,
+                                                                                 lim.period)))
+            return None
         call = ex.call
         now = limits.clock()
         prefix = limits.key_prefix()
@@ -89,10 +94,10 @@ class LimitsPolicy(Policy):
         counters, kinds, spend_keys = [], [], []
         for who, scope, rpm, tpm, budget in scopes:
             base = f"{prefix}:{scope}"
-            if rpm:
+            if rpm is not None:
                 counters.append(Counter(f"{base}:r:{window}", rpm, 1, 0, 1, window_ttl))
                 kinds.append(("requests", who))
-            if tpm:
+            if tpm is not None:
                 counters.append(Counter(f"{base}:t:{window}", tpm, prompt, prompt + cap, 0, window_ttl))
                 kinds.append(("tokens", who))
             spend = limits.spend_key(scope, period_id)
@@ -191,7 +196,12 @@ class LimitsPolicy(Policy):
                 items.append((counter.key, amount, tokens, counter.ttl))
             elif kind == "spend":
                 items.append((counter.key, amount, cost, counter.ttl))
-        if cost:
+        if cost and held.unlimited:
+            key_id, team_id, period = held.unlimited
+            period_id = limits.period_of(period, limits.clock())[0]
+            items += [(limits.spend_key(scope, period_id), 0, cost, limits.period_ttl(period))
+                      for scope in (f"k{key_id}", f"t{team_id}")]
+        elif cost:
             items += [(key, 0, cost, held.spend_ttl) for key in held.spend_keys]
         if not items:
             return

@@ -419,6 +419,15 @@ def test_two_gateway_processes_on_one_redis_serve_exactly_the_limit(limited, tmp
         assert statuses.count(200) == 48 and statuses.count(429) == 152 and len(fake.requests) == 50
 
 
+def test_a_limit_of_zero_refuses_and_none_is_no_limit(limited, gateway, fake_upstream):
+    raw, _ = limited(rpm_limit=0)
+    assert post(gateway, raw, chat()).status_code == 429
+    raw, _ = limited(tpm_limit=0)
+    r = post(gateway, raw, chat())
+    assert r.status_code == 429 and "retry-after" not in r.headers  # any prompt is larger than 0
+    assert not fake_upstream.requests
+
+
 def test_one_teams_exhausted_limit_never_touches_another_and_no_header_moves_it(limited, gateway, fake_upstream):
     first, team = limited(rpm_limit=1, tpm_limit=1000)
     second, _ = limited(rpm_limit=1, tpm_limit=1000)

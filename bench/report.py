@@ -21,6 +21,8 @@ TARGET_ADDED_P50_MS = 0.6
 TARGET_RPS_C64 = 1500
 # MetaCache (issue 10): a hit's added p50 over a direct nginx answer, and a miss's cost over the cache off.
 TARGET_HIT_MEM_MS, TARGET_HIT_REDIS_MS, TARGET_MISS_MS = 0.3, 0.6, 0.1
+# Budgets and rate limits (issue 12): the policy's added p50 at c=1, and c=64 throughput kept.
+TARGET_LIMITS_MS, TARGET_LIMITS_RPS_KEPT = 0.15, 0.90
 CACHE_MODES = [
     (("cache-off", "openai"), "cache off, the same body every request"),
     (("cache-off", "openai-miss"), "cache off, every body different"),
@@ -144,6 +146,8 @@ def summary(results, meta):
           f"{'PASS' if ok else 'FAIL'}")
     if any(k[0].startswith("cache-") for k in rows):
         out.extend(cache_summary(rows))
+    if any(k[0].startswith("limits-") for k in rows):
+        out.extend(limits_summary(rows))
     errors = sum(int(r["non2xx"] + r["socket_errors"]) for k, r in rows.items() if k[0] != "direct")
     if errors:
         w(f"   WARNING: {errors} non-2xx responses or socket errors through the gateway "
@@ -193,6 +197,32 @@ def cache_summary(rows):
         w("   (no hit or miss runs: this build has no MetaCache, or its preflight failed; see the run's output)")
     if d64:
         w(f"   nginx direct at c=64: {d64['rps']:.0f} req/s")
+    return out
+
+
+def limits_summary(rows):
+    """Section 5 (BENCH_LIMITS=1): limits off and on, both on Redis, and the issue's targets."""
+    out = ["", "5) Budgets and rate limits, OpenAI route, uvicorn single process on Redis"]
+    w = out.append
+    w(f"   {'mode':<46} {'c=1 p50':>8} {'p99':>7} {'c=64 req/s':>10} {'p50 ms':>7} {'gw CPU/req':>10} {'non2xx':>7}")
+    for server, label in (("limits-off", "SMARTFLOW_LIMITS=0"),
+                          ("limits-redis", "limits on: rpm, tpm and budget on key and team")):
+        c1, c64 = rows.get((server, "openai", 1)), rows.get((server, "openai", 64))
+        if not c1 or not c64:
+            continue
+        bad = sum(int(r["non2xx"] + r["socket_errors"]) for r in (c1, c64))
+        w(f"   {label:<46} {ms(c1['p50_us']):>8} {ms(c1['p99_us']):>7} {c64['rps']:>10.0f} {ms(c64['p50_us']):>7} "
+          f"{c64.get('gw_cpu_ms_per_req', 0):>10.3f} {bad:>7}")
+    off1, on1 = rows.get(("limits-off", "openai", 1)), rows.get(("limits-redis", "openai", 1))
+    off64, on64 = rows.get(("limits-off", "openai", 64)), rows.get(("limits-redis", "openai", 64))
+    if off1 and on1:
+        added = (on1["p50_us"] - off1["p50_us"]) / 1000
+        w(f"   {'added p50 at c=1 (limits on minus off)':<58} {added:7.3f} ms   target <= {TARGET_LIMITS_MS} ms   "
+          f"{'PASS' if added <= TARGET_LIMITS_MS else 'FAIL'}")
+    if off64 and on64:
+        kept = on64["rps"] / off64["rps"]
+        w(f"   {'c=64 throughput kept (on / off)':<58} {kept:7.1%}      target >= {TARGET_LIMITS_RPS_KEPT:.0%}      "
+          f"{'PASS' if kept >= TARGET_LIMITS_RPS_KEPT else 'FAIL'}")
     return out
 
 

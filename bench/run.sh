@@ -10,6 +10,9 @@
 #                                     #   on prompt and answer, injection flagged): compare chunks/s
 #   BENCH_CACHE=1 bench/run.sh        # + MetaCache: off, exact miss, hit in process, hit from Redis
 #                                     #   (BENCH_REDIS_URL); BENCH_CACHE_ONLY=1: direct + these alone
+#   BENCH_LIMITS=1 bench/run.sh       # + budgets and rate limits on Redis (BENCH_REDIS_URL): limits off,
+#                                     #   then on for a key and team with rpm, tpm and budget set high
+#                                     #   enough never to refuse; BENCH_LIMITS_ONLY=1: direct + these alone
 #   BENCH_SOAK=1 bench/run.sh         # + memory: two 60 s soaks at c=64 back to back, RSS after each
 #   BENCH_SOAK_ONLY=1 bench/run.sh    # the soak alone (BENCH_SOAK_SECONDS, default 60)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
@@ -155,6 +158,12 @@ start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2 | cach
                          SMARTFLOW_CACHE_PREFIX="$CACHE_PREFIX" SMARTFLOW_METRICS_PREFIX="$CACHE_PREFIX:metrics" \
                          SMARTFLOW_CHANNELS_PREFIX="$CACHE_PREFIX:channels" \
                          setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
+        # Limits off or on, both on Redis (the same round trips apart from the policy's own).
+        limits-off|limits-redis)
+            REDIS_URL="$BENCH_REDIS" CELERY_BROKER_URL= SMARTFLOW_LIMITS=$([[ $flavour == limits-off ]] && echo 0 || echo 1) \
+                SMARTFLOW_CACHE_PREFIX="$CACHE_PREFIX" SMARTFLOW_METRICS_PREFIX="$CACHE_PREFIX:metrics" \
+                SMARTFLOW_CHANNELS_PREFIX="$CACHE_PREFIX:channels" \
+                setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
     esac
     GW_PID=$!
     PIDS+=("$GW_PID")
@@ -340,13 +349,37 @@ cache_runs() {
     stop_gateway
 }
 
+# Budgets and rate limits: the same key limited (rpm, tpm, budget; its team too) or the policy off.
+limits_runs() {
+    echo "Limits (on Redis; SMARTFLOW_LIMITS=0, then on for a limited key and team that are never refused):"
+    CACHE_REDIS_USED=1
+    local plain_key=$KEY
+    "$PY" manage.py smartflow_team create bench-limits --rpm 1000000000 --tpm 2000000000 --budget 99999999 \
+        --period monthly >/dev/null
+    KEY="$("$PY" manage.py smartflow_key create --team bench-limits --rpm 1000000000 --tpm 2000000000 \
+        --budget 99999999 2>/dev/null | tail -n1)"
+    start_gateway limits-off
+    preflight openai_request.json ""
+    for conc in 1 64; do measure limits-off openai "$conc"; done
+    stop_gateway
+    start_gateway limits-redis
+    preflight openai_request.json ""
+    if ! grep -qi '^x-ratelimit-remaining-requests' "$TMP/preflight.hdr"; then
+        echo "bench: the limited key's answer has no x-ratelimit headers: is the limits policy on?" >&2
+        exit 1
+    fi
+    for conc in 1 64; do measure limits-redis openai "$conc"; done
+    stop_gateway
+    KEY=$plain_key
+}
+
 echo "bench: nginx on :$NGINX_PORT (stream :$STREAM_PORT), gateway on :$GW_PORT; ${DURATION} s per run"
 if [[ "${BENCH_SOAK_ONLY:-0}" == 1 ]]; then
     soak
     mkdir -p "$RESULTS_DIR"; cp "$TMP/soak.txt" "$RESULTS_DIR/soak-latest.txt"
     exit 0
 fi
-if [[ "${BENCH_CACHE_ONLY:-0}" == 1 ]]; then  # the direct figures the cache table compares with
+if [[ "${BENCH_CACHE_ONLY:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 ]]; then  # the direct figures to compare with
     measure direct openai 1
     measure direct openai 64
 else
@@ -387,6 +420,7 @@ fi
 
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak
 [[ "${BENCH_CACHE:-0}" == 1 || "${BENCH_CACHE_ONLY:-0}" == 1 ]] && cache_runs
+[[ "${BENCH_LIMITS:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 ]] && limits_runs
 
 STREAM_STATUS=0
 if [[ "${BENCH_STREAM:-0}" == 1 ]]; then

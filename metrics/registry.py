@@ -32,7 +32,10 @@ PROVIDER_ERRORS = Metric("smartflow_provider_errors_total", "counter",
                          "Requests that failed at or after the provider call (status 5xx: upstream "
                          "error, timeout or gateway fault).", ("provider", "status"))
 COST = Metric("smartflow_cost_usd_total", "counter",
-              "Spend in US dollars, from the tier table's prices.", ("provider", "model"))
+              "Spend in US dollars, from the price table (proxy/prices.json and the admin).", ("provider", "model"))
+UNPRICED = Metric("smartflow_unpriced_requests_total", "counter",
+                  "Requests served by a model the price table has no price for (their cost is unknown, "
+                  "not counted as $0).", ("provider", "model"))
 
 TRACE_WRITE_FAILURES = Metric("smartflow_trace_write_failures_total", "counter",
                               "Trace batches the database did not take (database unavailable); "
@@ -40,7 +43,7 @@ TRACE_WRITE_FAILURES = Metric("smartflow_trace_write_failures_total", "counter",
 TRACES_DROPPED = Metric("smartflow_traces_dropped_total", "counter",
                         "Traces lost: dropped from a backlog over its bounds, or not storable even in part.")
 
-COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST,
+COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST, UNPRICED,
             TRACE_WRITE_FAILURES, TRACES_DROPPED)
 
 OVERHEAD = Metric("smartflow_overhead_seconds", "histogram",

@@ -54,7 +54,7 @@ def note(record: dict) -> tuple:
     name = record.get("upstream_model") or record.get("client_model") or ""
     return (record.get("provider"), name if len(name) <= MAX_MODEL_NAME else "", record.get("status_code"),
             record.get("cache"), record.get("tokens_input"), record.get("tokens_output"),
-            record.get("cost_usd"), record.get("overhead_ms"))
+            record.get("cost_usd"), record.get("overhead_ms"), record.get("unpriced"))
 
 
 def increments(notes) -> dict[str, float]:
@@ -62,7 +62,7 @@ def increments(notes) -> dict[str, float]:
     tiers = _tier_table()
     models: dict[str, str] = {}
     out: dict[str, float] = defaultdict(float)
-    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms in notes:
+    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, unpriced in notes:
         provider = r.provider_label(provider)
         model = models.get(name)
         if model is None:
@@ -80,6 +80,8 @@ def increments(notes) -> dict[str, float]:
             out[field(r.TOKENS_OUTPUT, provider, model)] += int(tokens_output)
         if cost:
             out[field(r.COST, provider, model)] += float(Decimal(str(cost)))
+        if unpriced:
+            out[field(r.UNPRICED, provider, model)] += 1
         # 502/503/504 are what the gateway answers when the provider failed or timed out.
         if status_code in (502, 503, 504) and provider != r.NO_PROVIDER:
             out[field(r.PROVIDER_ERRORS, provider, status)] += 1

@@ -2,16 +2,22 @@
 from django import forms
 from django.contrib import admin, messages
 
-from . import keystore, routing
+from . import keystore, limits, prices, routing
 from .auth import forget_keys
-from .models import GuardrailPolicy, ProviderKey, Team, TierEntry, VirtualKey
+from .models import GuardrailPolicy, ModelPrice, ProviderKey, Team, TierEntry, VirtualKey
 
 
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
-    list_display = ("name", "source", "budget_cap_usd", "spent_usd", "tpm_limit", "last_synced")
+    list_display = ("name", "source", "budget_cap_usd", "budget_period", "spent_usd", "tpm_limit", "rpm_limit",
+                    "last_synced")
     search_fields = ("name",)
     filter_horizontal = ("members",)
+    readonly_fields = ("spent_usd",)
+
+    def changelist_view(self, request, extra_context=None):
+        limits.sync_spend(list(Team.objects.all()))  # the list shows the live spend
+        return super().changelist_view(request, extra_context)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -20,14 +26,17 @@ class TeamAdmin(admin.ModelAdmin):
 
 @admin.register(VirtualKey)
 class VirtualKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "team", "is_admin", "created", "revoked_at")
+    list_display = ("prefix", "name", "team", "is_admin", "rpm_limit", "tpm_limit", "budget_cap_usd", "created",
+                    "revoked_at")
     list_filter = ("team", "is_admin")
     readonly_fields = ("prefix", "key_hash", "created")
-    fields = ("name", "team", "is_admin", "revoked_at", "prefix", "key_hash", "created")
+    fields = ("name", "team", "is_admin", "rpm_limit", "tpm_limit", "budget_cap_usd", "revoked_at", "prefix",
+              "key_hash", "created")
 
     def save_model(self, request, obj, form, change):
         if not change:
-            key, raw = VirtualKey.issue(obj.team, obj.name, obj.is_admin)
+            key, raw = VirtualKey.issue(obj.team, obj.name, obj.is_admin, rpm_limit=obj.rpm_limit,
+                                        tpm_limit=obj.tpm_limit, budget_cap_usd=obj.budget_cap_usd)
             obj.pk = key.pk
             messages.warning(request, f"New key (shown once, copy it now): {raw}")
             return
@@ -60,7 +69,7 @@ class ProviderKeyAdmin(admin.ModelAdmin):
 
 @admin.register(TierEntry)
 class TierEntryAdmin(admin.ModelAdmin):
-    list_display = ("model", "provider", "tier", "is_default", "input_usd_per_mtok", "output_usd_per_mtok")
+    list_display = ("model", "provider", "tier", "is_default")
     list_filter = ("provider", "tier")
 
     def save_model(self, request, obj, form, change):
@@ -87,3 +96,19 @@ class GuardrailPolicyAdmin(admin.ModelAdmin):
 
         policies.invalidate()
         policies.get_sync()
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ("provider", "model", "input_usd_per_mtok", "output_usd_per_mtok", "cache_read_usd_per_mtok",
+                    "cache_write_usd_per_mtok")
+    list_filter = ("provider",)
+    search_fields = ("model",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        prices.table.invalidate()  # this process at once, the others within SMARTFLOW_CONFIG_TTL
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        prices.table.invalidate()

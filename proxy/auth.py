@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from rest_framework import authentication, exceptions
 
+from .limits import Limits
 from .models import KEY_PREFIX, VirtualKey, hash_key
 from .providers.base import ClientError
 
@@ -21,6 +22,8 @@ class Principal:
     allowed_models: tuple[str, ...] = ()
     is_master: bool = False
     is_admin: bool = False
+    key_id: int | None = None
+    limits: Limits = Limits()
 
     def may_use(self, upstream_model: str) -> bool:
         """Whether the team may be served this model: the one the upstream is actually called with.
@@ -55,8 +58,12 @@ def _load(digest: str) -> Principal | None:
            .filter(key_hash=digest, revoked_at__isnull=True).first())
     if key is None:
         return None
-    return Principal(key_prefix=key.prefix, team=key.team.name, team_id=key.team_id,
-                     allowed_models=tuple(key.team.allowed_models or ()), is_admin=key.is_admin)
+    team = key.team
+    limits = Limits(team.rpm_limit, team.tpm_limit, team.budget_cap_usd, team.budget_period,
+                    key.rpm_limit, key.tpm_limit, key.budget_cap_usd)
+    return Principal(key_prefix=key.prefix, team=team.name, team_id=key.team_id,
+                     allowed_models=tuple(team.allowed_models or ()), is_admin=key.is_admin,
+                     key_id=key.pk, limits=limits)
 
 
 _refreshing: dict[str, asyncio.Task] = {}

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from traces.trace import Trace
 
-from . import routing, upstream
+from . import prices, routing, upstream
 from .auth import Principal
 from .keystore import provider_keys
 from .providers import PROVIDERS
@@ -25,6 +25,7 @@ class Call:
     provider: Provider
     request: UpstreamRequest
     tiers: routing.TierTable
+    prices: prices.PriceTable
     # The client speaks the serving provider's own format: its body went out as is.
     is_native: bool = False
     reply_body: dict | None = None
@@ -72,7 +73,7 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     if request.dropped:
         trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=request.dropped)
     trace.stage("translation")
-    return Call(chat, route, provider, request, tiers, is_native)
+    return Call(chat, route, provider, request, tiers, await prices.table.get(), is_native)
 
 
 def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -88,10 +89,14 @@ def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | No
 
 
 def _account(call: Call, trace: Trace, usage: dict | None):
+    """Tokens and cost from the provider's usage, priced for what served (a model without a
+    price is unpriced: cost 0 stored, null shown, never a silent $0)."""
     tokens_in = (usage or {}).get("prompt_tokens") or 0
     tokens_out = (usage or {}).get("completion_tokens") or 0
+    price = call.prices.lookup(trace.fields.get("provider") or call.route.provider,
+                               trace.fields.get("upstream_model") or call.route.upstream_model)
     trace.set(tokens_input=tokens_in, tokens_output=tokens_out,
-              cost_usd=routing.cost_usd(call.tiers, call.route.upstream_model, tokens_in, tokens_out))
+              cost_usd=price.cost(usage) if price else 0, unpriced=price is None)
 
 
 async def complete(call: Call, trace: Trace) -> dict:

@@ -1,4 +1,4 @@
-"""Teams, virtual keys, provider keys and tier-table overrides."""
+"""Teams, virtual keys, provider keys, tier-table overrides and model prices."""
 import hashlib
 import secrets
 
@@ -7,6 +7,7 @@ from django.db import models
 
 KEY_PREFIX = "sk-sf-"
 PROVIDER_CHOICES = [(p, p) for p in ("openai", "anthropic", "gemini", "ollama")]
+PERIODS = [("monthly", "monthly"), ("daily", "daily"), ("total", "total")]
 
 
 def hash_key(raw: str) -> str:
@@ -19,8 +20,11 @@ class Team(models.Model):
     name = models.CharField(max_length=200, unique=True)
     source = models.CharField(max_length=10, choices=SOURCES, default="manual")
     budget_cap_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    budget_period = models.CharField(max_length=10, choices=PERIODS, default="monthly")
+    # A copy of the live spend of the current period (proxy/limits), written off the request path.
     spent_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     # Empty list: every model is allowed.
     allowed_models = models.JSONField(default=list, blank=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="teams")
@@ -37,6 +41,11 @@ class VirtualKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True)
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="keys")
     is_admin = models.BooleanField(default=False, help_text="May use the management API.")
+    # The key's own limits, on top of its team's (the tighter applies); its budget runs over the
+    # team's budget_period.
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    budget_cap_usd = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -47,11 +56,12 @@ class VirtualKey(models.Model):
         return f"{self.prefix}… ({self.team})"
 
     @classmethod
-    def issue(cls, team: Team, name: str = "", is_admin: bool = False) -> tuple["VirtualKey", str]:
-        """Create a key; the raw value is returned once and only its hash is kept."""
+    def issue(cls, team: Team, name: str = "", is_admin: bool = False, **limits) -> tuple["VirtualKey", str]:
+        """Create a key (limits: rpm_limit, tpm_limit, budget_cap_usd); the raw value is returned
+        once and only its hash is kept."""
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
         key = cls.objects.create(team=team, name=name, is_admin=is_admin,
-                                 prefix=raw[:12], key_hash=hash_key(raw))
+                                 prefix=raw[:12], key_hash=hash_key(raw), **limits)
         return key, raw
 
 
@@ -83,8 +93,6 @@ class TierEntry(models.Model):
     provider = models.CharField(max_length=20, choices=PROVIDER_CHOICES)
     tier = models.CharField(max_length=20, choices=TIERS)
     is_default = models.BooleanField(default=False, help_text="The model this provider uses for the tier.")
-    input_usd_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
-    output_usd_per_mtok = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "tier entries"
@@ -136,3 +144,23 @@ class GuardrailPolicy(models.Model):
             raise ValidationError({exc.field if hasattr(self, exc.field) else "__all__": str(exc)}) from None
         for name, value in cleaned.items():
             setattr(self, name, value)
+
+
+class ModelPrice(models.Model):
+    """An admin override or addition to the price table shipped in proxy/prices.json."""
+
+    provider = models.CharField(max_length=20, choices=PROVIDER_CHOICES)
+    model = models.CharField(max_length=200, help_text="Model name; also matches dated variants (name-2025-…); "
+                                                       "'*' prices every model of the provider.")
+    input_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    output_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6)
+    cache_read_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True,
+                                                  help_text="Empty: the input price.")
+    cache_write_usd_per_mtok = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True,
+                                                   help_text="Empty: the input price.")
+
+    class Meta:
+        unique_together = [("provider", "model")]
+
+    def __str__(self):
+        return f"{self.provider}/{self.model}"

@@ -2,7 +2,6 @@
 import json
 import re
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 from .providers.base import ClientError
@@ -34,7 +33,6 @@ class TierEntry:
     provider: str
     tier: str
     is_default: bool = False
-    price: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -58,14 +56,13 @@ class TierTable:
 
 def load_table() -> TierTable:
     rows = json.loads(TIERS_FILE.read_text())["models"]
-    entries = {r["model"]: TierEntry(r["model"], r["provider"], r["tier"], r.get("default", False),
-                                     tuple(r.get("price", (0, 0)))) for r in rows}
+    entries = {r["model"]: TierEntry(r["model"], r["provider"], r["tier"], r.get("default", False))
+               for r in rows}
     try:
         from .models import TierEntry as TierRow
 
         for row in TierRow.objects.all():
-            price = (float(row.input_usd_per_mtok or 0), float(row.output_usd_per_mtok or 0))
-            entries[row.model] = TierEntry(row.model, row.provider, row.tier, row.is_default, price)
+            entries[row.model] = TierEntry(row.model, row.provider, row.tier, row.is_default)
     except Exception:  # table missing before migrate: the file alone is the table
         pass
     defaults = {}
@@ -177,9 +174,3 @@ def _tier_of(name: str, tiers: TierTable) -> str | None:
     entry = tiers.lookup(name)
     return entry.tier if entry else None
 
-
-def cost_usd(tiers: TierTable, model: str, tokens_in: int, tokens_out: int) -> Decimal:
-    entry = tiers.lookup(model)
-    if entry is None:
-        return Decimal(0)
-    return Decimal(str(round((tokens_in * entry.price[0] + tokens_out * entry.price[1]) / 1e6, 8)))

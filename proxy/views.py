@@ -21,6 +21,7 @@ from .asgi_http import read_request, send_response, start_stream
 from .auth import authenticate, authenticate_sync, key_from_headers
 from .cache.store import current as metacache_store
 from .errors import openai_error
+from .limits import counters as limit_counters
 from .formats import ANTHROPIC, OPENAI
 from .policies import Exchange
 from .providers.base import ClientError, UpstreamError
@@ -165,6 +166,10 @@ def _check_cache():
     return cache.get("smartflow:health") == "ok"
 
 
+def _check_limits():
+    return limit_counters.current().status()["ok"] if settings.SMARTFLOW_LIMITS else True
+
+
 def _check_metacache():
     if settings.SMARTFLOW_CACHE == "off":
         return True
@@ -173,7 +178,7 @@ def _check_metacache():
 
 # Health checks run in their own threads, one check of each kind at a time: a dependency that
 # hangs answers "timeout" here without piling up threads the rest of the gateway needs.
-_health_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="health")
+_health_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
 _health_running: dict = {}
 
 
@@ -198,8 +203,8 @@ async def health(request):
     cache, shared counters) being down or the trace writer falling behind degrade it, but
     proxying goes on, so a load balancer must not pull the node (nor every node at once).
     """
-    database, cache_state, metacache = await asyncio.gather(
-        _probe(_check_database), _probe(_check_cache), _probe(_check_metacache))
+    database, cache_state, metacache, limits = await asyncio.gather(
+        _probe(_check_database), _probe(_check_cache), _probe(_check_metacache), _probe(_check_limits))
     database["engine"] = connection.vendor
     cache_state["backend"] = "redis" if settings.REDIS_URL else "in-process"
     traces = recorder.status()
@@ -207,7 +212,10 @@ async def health(request):
         traces["backlog"] <= settings.SMARTFLOW_TRACE_BACKLOG_MAX // 2
         and traces["backlog_bytes"] <= settings.SMARTFLOW_TRACE_BACKLOG_BYTES // 2)
     metacache.update(backend=metacache_store().backend, mode=settings.SMARTFLOW_CACHE)
-    parts = {"database": database, "cache": cache_state, "metacache": metacache, "traces": traces}
+    # Rate limits and budgets: shared in Redis, or (no Redis, or Redis down and failing open) per process.
+    limits.update(backend="redis" if settings.REDIS_URL else "in-process", on_failure=settings.SMARTFLOW_LIMITS_FAIL)
+    parts = {"database": database, "cache": cache_state, "metacache": metacache, "limits": limits,
+             "traces": traces}
     degraded = [name for name, part in parts.items() if not part["ok"]]
     status = "unavailable" if not database["ok"] else "degraded" if degraded else "ok"
     return JsonResponse({"status": status, "degraded": degraded, **parts}, status=503 if not database["ok"] else 200)

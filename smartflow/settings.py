@@ -135,6 +135,16 @@ if SMARTFLOW_CACHE not in ("exact", "semantic", "off"):
     raise ImproperlyConfigured("SMARTFLOW_CACHE must be exact, semantic or off.")
 SMARTFLOW_CACHE_TTL = env_int("SMARTFLOW_CACHE_TTL", 3600)
 SMARTFLOW_CACHE_MAX_BYTES = env_int("SMARTFLOW_CACHE_MAX_BYTES", 64 * 1024 * 1024)
+# Budgets and rate limits (proxy/policies/limits.py). Off: nothing enforced, spend not counted.
+SMARTFLOW_LIMITS = env_bool("SMARTFLOW_LIMITS", True)
+# Redis down: "open" serves and counts in this process, "closed" refuses with 503.
+SMARTFLOW_LIMITS_FAIL = env_str("SMARTFLOW_LIMITS_FAIL", "open").lower()
+if SMARTFLOW_LIMITS_FAIL not in ("open", "closed"):
+    raise ImproperlyConfigured("SMARTFLOW_LIMITS_FAIL must be open or closed.")
+# A budget-limited team may use a model the price table lacks (its spend then does not move).
+SMARTFLOW_LIMITS_ALLOW_UNPRICED = env_bool("SMARTFLOW_LIMITS_ALLOW_UNPRICED", False)
+# Output tokens reserved for a request that sets no max_tokens / max_completion_tokens.
+SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS = env_int("SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS", 4096)
 
 # --- Django ----------------------------------------------------------------
 INSTALLED_APPS = [

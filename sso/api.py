@@ -9,6 +9,7 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.permissions import AllowAny, BasePermission, IsAuthenticated
 from rest_framework.response import Response
 
+from proxy import limits
 from proxy.models import Team
 from smartflow.openapi import AUTH_ERRORS, bad_request
 
@@ -157,4 +158,6 @@ def teams_view(request):
     teams = Team.objects.prefetch_related("members").order_by("name")
     if not request.user.is_staff:  # a signed-in member sees their own teams
         teams = teams.filter(members=request.user)
-    return Response({"success": True, "data": [team_as_dict(t) for t in teams]})
+    teams = list(teams)
+    spent = limits.sync_spend(teams)  # live, and the stored copy follows (off the request path)
+    return Response({"success": True, "data": [team_as_dict(t, spent[t.pk]) for t in teams]})

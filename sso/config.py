@@ -29,7 +29,10 @@ PROVIDER_FIELDS = {"name", "type", "tenant_id", "issuer", "client_id", "jwks_uri
 # Shown by GET and ignored when a GET answer is posted back, so GET → POST round-trips.
 READ_ONLY_FIELDS = {"derived", "client_secret_configured"}
 TOP_FIELDS = {"providers", "team_defaults", "sync_on_every_signin"}
-DEFAULTS_FIELDS = {"budget_cap_usd", "tpm_limit", "allowed_models"}
+DEFAULTS_FIELDS = {"budget_cap_usd", "budget_period", "tpm_limit", "rpm_limit", "allowed_models"}
+PERIODS = ("monthly", "daily", "total")
+MAX_LIMIT = 2_147_483_647  # the database's integer column
+MAX_BUDGET = 99_999_999  # the database's budget column (12 digits, 4 after the point)
 NOT_AN_OBJECT = "the body must be a JSON object with 'providers', 'team_defaults' and 'sync_on_every_signin'"
 
 
@@ -85,9 +88,12 @@ class TeamDefaults:
     budget_cap_usd: float | None = None
     tpm_limit: int | None = None
     allowed_models: tuple[str, ...] = ()
+    rpm_limit: int | None = None
+    budget_period: str = "monthly"
 
     def as_dict(self) -> dict:
-        return {"budget_cap_usd": self.budget_cap_usd, "tpm_limit": self.tpm_limit,
+        return {"budget_cap_usd": self.budget_cap_usd, "budget_period": self.budget_period,
+                "tpm_limit": self.tpm_limit, "rpm_limit": self.rpm_limit,
                 "allowed_models": list(self.allowed_models)}
 
 
@@ -207,6 +213,8 @@ def _number(value, where: str, errors: list[str], integer: bool):
         return None
     if value < 0:
         errors.append(f"{where}: must not be negative")
+    if value > (MAX_LIMIT if integer else MAX_BUDGET):
+        errors.append(f"{where}: must be at most {MAX_LIMIT if integer else MAX_BUDGET}")
     return int(value) if integer else float(value)
 
 
@@ -262,10 +270,16 @@ def parse(body) -> SsoConfig:
         if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
             errors.append("team_defaults.allowed_models: must be a list of model names ([] allows every model)")
             models = []
+        period = raw_defaults.get("budget_period", "monthly")
+        if period not in PERIODS:
+            errors.append(f"team_defaults.budget_period: must be one of {', '.join(PERIODS)}")
+            period = "monthly"
         defaults = TeamDefaults(
             budget_cap_usd=_number(raw_defaults.get("budget_cap_usd"), "team_defaults.budget_cap_usd", errors, False),
             tpm_limit=_number(raw_defaults.get("tpm_limit"), "team_defaults.tpm_limit", errors, True),
-            allowed_models=tuple(dict.fromkeys(models)))
+            allowed_models=tuple(dict.fromkeys(models)),
+            rpm_limit=_number(raw_defaults.get("rpm_limit"), "team_defaults.rpm_limit", errors, True),
+            budget_period=period)
     sync = body.get("sync_on_every_signin", True)
     if not isinstance(sync, bool):
         errors.append("sync_on_every_signin: must be true or false")

@@ -38,7 +38,9 @@ class ProviderSerializer(serializers.Serializer):
 
 class TeamDefaultsSerializer(serializers.Serializer):
     budget_cap_usd = serializers.FloatField(min_value=0, allow_null=True, required=False)
+    budget_period = serializers.ChoiceField(["monthly", "daily", "total"], required=False, default="monthly")
     tpm_limit = serializers.IntegerField(min_value=0, allow_null=True, required=False)
+    rpm_limit = serializers.IntegerField(min_value=0, allow_null=True, required=False)
     allowed_models = serializers.ListField(child=serializers.CharField(), required=False,
                                            help_text="[] allows every model.")
 
@@ -105,8 +107,10 @@ class TeamSerializer(serializers.Serializer):
     name = serializers.CharField()
     source = serializers.ChoiceField(["sso", "manual"])
     budget_cap_usd = serializers.FloatField(allow_null=True)
-    spent_usd = serializers.FloatField()
+    budget_period = serializers.ChoiceField(["monthly", "daily", "total"])
+    spent_usd = serializers.FloatField(help_text="Settled spend of the current budget period, live.")
     tpm_limit = serializers.IntegerField(allow_null=True)
+    rpm_limit = serializers.IntegerField(allow_null=True)
     allowed_models = serializers.ListField(child=serializers.CharField())
     members = serializers.ListField(child=serializers.CharField())
     last_synced = serializers.DateTimeField(allow_null=True)

@@ -84,6 +84,7 @@ class SsoGroupSync:
             with transaction.atomic():
                 team = Team.objects.create(
                     name=name, source="sso", allowed_models=list(d.allowed_models), tpm_limit=d.tpm_limit,
+                    rpm_limit=d.rpm_limit, budget_period=d.budget_period,
                     budget_cap_usd=None if d.budget_cap_usd is None else Decimal(str(d.budget_cap_usd)))
         except IntegrityError:  # another sign-in created it a moment ago
             return Team.objects.get(name=name)
@@ -91,10 +92,13 @@ class SsoGroupSync:
         return team
 
 
-def team_as_dict(team: Team) -> dict:
+def team_as_dict(team: Team, spent_usd=None) -> dict:
+    """spent_usd: the live spend of the current period (proxy.limits.team_spend); else the stored copy."""
     return {"name": team.name, "source": team.source,
             "budget_cap_usd": None if team.budget_cap_usd is None else float(team.budget_cap_usd),
-            "spent_usd": float(team.spent_usd or 0), "tpm_limit": team.tpm_limit,
+            "budget_period": team.budget_period,
+            "spent_usd": float(team.spent_usd if spent_usd is None else spent_usd),
+            "tpm_limit": team.tpm_limit, "rpm_limit": team.rpm_limit,
             "allowed_models": list(team.allowed_models or []),
             "members": sorted(m.username for m in team.members.all()),
             "last_synced": team.last_synced.isoformat() if team.last_synced else None}

@@ -41,7 +41,7 @@ def consumer_left():
 # What a record may lack (a request refused early) gets the VASLog's defaults.
 _DEFAULTS = {"key_prefix": "", "team": "", "endpoint": "chat.completions", "client_model": "", "provider": "",
              "upstream_model": "", "status_code": 0, "stream": False, "latency_ms": 0.0, "overhead_ms": 0.0,
-             "tokens_input": 0, "tokens_output": 0, "cost_usd": 0, "cache": "bypass", "compliance": "pass",
+             "tokens_input": 0, "tokens_output": 0, "cost_usd": 0, "unpriced": False, "cache": "bypass", "compliance": "pass",
              "error": ""}
 
 

@@ -19,6 +19,8 @@ class VASLog(models.Model):
     tokens_input = models.PositiveIntegerField(default=0)
     tokens_output = models.PositiveIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    # The model had no price: cost_usd is stored 0 (so sorting and cursors stay simple) and shown null.
+    unpriced = models.BooleanField(default=False)
     cache = models.CharField(max_length=8, default="bypass")
     # MetaCache: {"key", "age_s", "ttl_s", "saved_usd", "similarity"} on a hit, {"key"} on a miss.
     cache_meta = models.JSONField(default=dict, blank=True)
@@ -59,7 +61,8 @@ def as_dict(log: VASLog) -> dict:
         "provider": log.provider, "upstream_model": log.upstream_model,
         "status_code": log.status_code, "stream": log.stream, "latency_ms": log.latency_ms,
         "overhead_ms": log.overhead_ms, "stages": log.stages, "tokens_input": log.tokens_input,
-        "tokens_output": log.tokens_output, "cost_usd": float(log.cost_usd), "cache": log.cache, "cache_meta": log.cache_meta,
+        "tokens_output": log.tokens_output, "cost_usd": None if log.unpriced else float(log.cost_usd),
+        "unpriced": log.unpriced, "cache": log.cache, "cache_meta": log.cache_meta,
         "compliance": log.compliance, "guardrails": log.guardrails, "routing": log.routing,
         "prompt": log.prompt, "response": log.response, "error": log.error or None,
     }

@@ -35,7 +35,7 @@ SORTS = {"timestamp": "timestamp", "latency_ms": "latency_ms", "overhead_ms": "o
          "model": "client_model", "client_model": "client_model", "cache": "cache"}
 SUMMARY_FIELDS = ("id", "timestamp", "key_prefix", "team", "endpoint", "client_model", "provider",
                   "upstream_model", "status_code", "stream", "latency_ms", "overhead_ms", "tokens_input",
-                  "tokens_output", "cost_usd", "cache", "compliance", "error")
+                  "tokens_output", "cost_usd", "unpriced", "cache", "compliance", "error")
 _ID_LIKE = re.compile(r"^[0-9a-f]{8,32}$")
 
 
@@ -124,7 +124,8 @@ def summary(row: dict) -> dict:
         "provider": row["provider"], "upstream_model": row["upstream_model"],
         "status_code": row["status_code"], "stream": row["stream"], "latency_ms": row["latency_ms"],
         "overhead_ms": row["overhead_ms"], "tokens_input": row["tokens_input"],
-        "tokens_output": row["tokens_output"], "cost_usd": float(row["cost_usd"]), "cache": row["cache"],
+        "tokens_output": row["tokens_output"], "cost_usd": None if row["unpriced"] else float(row["cost_usd"]),
+        "unpriced": row["unpriced"], "cache": row["cache"],
         "compliance": row["compliance"], "error": (row["error"] or "")[:300] or None,
     }
 

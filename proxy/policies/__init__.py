@@ -135,19 +135,23 @@ _built: tuple | None = None
 def chain() -> Chain:
     """The chain for the current settings (rebuilt only when they change)."""
     global _built
-    config = (settings.SMARTFLOW_CACHE, settings.REDIS_URL)
+    config = (settings.SMARTFLOW_CACHE, settings.REDIS_URL, settings.SMARTFLOW_LIMITS)
     if _built is None or _built[0] != config:
         _built = (config, Chain(_policies(config)))
     return _built[1]
 
 
 def _policies(config) -> list[Policy]:
-    mode, _ = config
+    mode, _, limits = config
     from .guardrails import GuardrailsPolicy
 
-    # Guardrails first: a cache hit never bypasses a prompt rule, and the cache keys and stores
-    # what the guardrails let through (the redacted prompt and answer).
+    # Guardrails first: a cache hit never bypasses a prompt rule, the cache keys and stores what
+    # they let through, and a blocked prompt takes nothing from a limit.
     policies: list[Policy] = [GuardrailsPolicy()]
+    if limits:  # before the cache: a hit counts against the request rate
+        from .limits import LimitsPolicy
+
+        policies.append(LimitsPolicy())
     if mode != "off":
         from .cache import CachePolicy
 

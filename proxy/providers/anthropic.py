@@ -250,8 +250,10 @@ def _usage(usage: dict) -> dict:
     prompt = ((usage.get("input_tokens") or 0) + cache_read
               + (usage.get("cache_creation_input_tokens") or 0))
     thinking = (usage.get("output_tokens_details") or {}).get("thinking_tokens") or 0
-    return usage_dict(prompt, usage.get("output_tokens") or 0, cached=cache_read,
-                      reasoning=thinking)
+    out = usage_dict(prompt, usage.get("output_tokens") or 0, cached=cache_read, reasoning=thinking)
+    if usage.get("cache_creation_input_tokens"):  # priced at its own rate (proxy/prices.py)
+        out["prompt_tokens_details"]["cache_write_tokens"] = usage["cache_creation_input_tokens"]
+    return out
 
 
 def _error_from(error: Any, status: int | None = None, headers: dict | None = None) -> UpstreamError:

@@ -14,14 +14,9 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from django.conf import settings as django_settings
 
 from proxy.cache import semantic
+from tests.offline import NETWORK_OFF
 
-OFFLINE = r"""
-import socket, sys
-def refuse(*args, **kwargs):
-    raise OSError("network is off in this test")
-socket.socket.connect = refuse
-socket.socket.connect_ex = refuse
-socket.create_connection = refuse
+OFFLINE = NETWORK_OFF + r"""
 import django
 django.setup()
 from proxy.cache import semantic

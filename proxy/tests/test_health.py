@@ -31,7 +31,7 @@ def test_a_dead_redis_degrades_health_quickly_and_proxying_goes_on(gateway, prox
     r = httpx.get(gateway.proxy_url + "/health", timeout=10)
     assert time.monotonic() - began < settings.SMARTFLOW_HEALTH_TIMEOUT + 1
     body = r.json()
-    assert r.status_code == 200 and body["status"] == "degraded" and body["degraded"] == ["cache"]
+    assert r.status_code == 200 and body["status"] == "degraded" and body["degraded"] == ["cache", "limits"]
     assert body["cache"] == {"ok": False, "error": "ConnectionError", "backend": "redis"}
     assert body["database"]["ok"]
     assert proxy_client.post("/v1/chat/completions", json=CHAT).status_code == 200

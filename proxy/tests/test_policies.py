@@ -70,10 +70,12 @@ def test_phases_a_policy_does_not_implement_are_not_called():
 
 
 def test_the_chain_follows_the_settings(settings):
-    settings.SMARTFLOW_CACHE = "off"
+    settings.SMARTFLOW_CACHE, settings.SMARTFLOW_LIMITS = "off", False
     assert [p.name for p in policies.chain().policies] == ["guardrails"]  # off without policies in the database
     settings.SMARTFLOW_CACHE = "exact"
     assert [p.name for p in policies.chain().policies] == ["guardrails", "cache"]
+    settings.SMARTFLOW_LIMITS = True  # the limits run before the cache: a hit counts against the rate
+    assert [p.name for p in policies.chain().policies] == ["guardrails", "limits", "cache"]
 
 
 def test_answer_chunks_follow_a_live_streams_order():

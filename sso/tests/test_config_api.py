@@ -20,8 +20,8 @@ def test_it_saves_and_returns_the_config(configure, op, management_client):
     assert entra["tenant_id"] == ENTRA_TENANT and entra["scopes"] == ["openid", "email", "profile"]
     assert entra["derived"]["issuer"] == f"{op.url}/{ENTRA_TENANT}/v2.0"
     assert entra["derived"]["jwks_uri"] == f"{op.url}/{ENTRA_TENANT}/discovery/v2.0/keys"
-    assert got["team_defaults"] == {"budget_cap_usd": 100.0, "tpm_limit": 100000,
-                                    "allowed_models": ["gpt-4.1", "claude-sonnet-4-6"]}
+    assert got["team_defaults"] == {"budget_cap_usd": 100.0, "tpm_limit": 100000, "rpm_limit": None,
+                                    "budget_period": "monthly", "allowed_models": ["gpt-4.1", "claude-sonnet-4-6"]}
     assert got["sync_on_every_signin"] is True
 
 

@@ -149,5 +149,6 @@ def test_admins_see_every_team(configure, op, gateway, management_client):
     assert body["success"] is True
     rows = {t["name"]: t for t in body["data"]}
     assert set(rows) == {"billing", "platform", "research"}
-    assert rows["billing"] == {"name": "billing", "source": "manual", "budget_cap_usd": None, "spent_usd": 0.0,
-                               "tpm_limit": None, "allowed_models": [], "members": [], "last_synced": None}
+    assert rows["billing"] == {"name": "billing", "source": "manual", "budget_cap_usd": None,
+                               "budget_period": "monthly", "spent_usd": 0.0, "tpm_limit": None, "rpm_limit": None,
+                               "allowed_models": [], "members": [], "last_synced": None}

@@ -94,12 +94,15 @@ def test_config_page_reads_saves_and_tests(page, gateway, master_key, configure,
 
     # Edit the team defaults and the toggle, then save through the API.
     page.fill("#budget", "250")
+    page.select_option("#period", "daily")
+    page.fill("#rpm", "120")
     page.fill("#models", "gpt-4.1, gpt-4.1-mini")
     page.uncheck("#sync")
     page.click("#save")
     page.locator("#message.ok").wait_for()
     saved = management_client.get("/api/auth/sso/config").json()
     assert saved["team_defaults"]["budget_cap_usd"] == 250.0
+    assert (saved["team_defaults"]["budget_period"], saved["team_defaults"]["rpm_limit"]) == ("daily", 120)
     assert saved["team_defaults"]["allowed_models"] == ["gpt-4.1", "gpt-4.1-mini"]
     assert saved["sync_on_every_signin"] is False
     assert [p["name"] for p in saved["providers"]] == ["corp", "entra"]

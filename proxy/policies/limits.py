@@ -1,0 +1,241 @@
+"""Budgets and rate limits: reserve before the call, settle to what was used after.
+
+Runs first in the chain, before the cache: a cache hit counts against the request rate, and its
+token and budget reservations are released in the log phase (nothing was used).
+
+Request phase (one counters call, atomic): rpm counts the request; tpm refuses when the prompt
+estimate alone exceeds what is left of the minute and holds prompt + output cap; a budget
+refuses when the period's spend (settled plus held) has reached the cap and holds the worst
+case cost. The key's own limits and its team's are separate counters, both checked: the
+tighter decides. Log phase: the holds are swapped for the provider's usage and the cost of what
+served (the trace's provider and model), on a task off the request path.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from proxy import limits
+from proxy.limits import counters as store
+from proxy.limits.counters import Counter, CountersDown, Refused
+from proxy.limits import tokens
+from proxy.limits.tokens import estimate_prompt, output_cap
+from proxy.providers.base import ClientError
+
+from . import Exchange, Policy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    backend: object
+    counters: list[Counter]
+    kinds: list[tuple[str, str]]  # ("requests", "tokens" or "spend"; "key" or "team"), one per counter
+    held: list[int]
+    prompt: int = 0
+    spend_keys: tuple[str, ...] = ()  # spend counted without a budget (the team's spent_usd)
+    spend_ttl: int = 0
+    unlimited: tuple | None = None  # (key id, team id, period): no limit at all, spend keys made if it cost
+
+
+@dataclass
+class LimitsState:
+    held: Held | None = None
+    headers: dict = field(default_factory=dict)
+
+
+class LimitsPolicy(Policy):
+    name = "limits"
+
+    def __init__(self):
+        self.tasks: set[asyncio.Task] = set()  # settlements in flight (kept so none is collected early)
+        threading.Thread(target=tokens.encoding, name="limits-tokenizer", daemon=True).start()  # 0.3 s, not on the loop
+
+    async def request(self, ex: Exchange) -> None:
+        principal = ex.principal
+        if principal.is_master or principal.team_id is None:
+            return None
+        lim: limits.Limits = principal.limits
+        if not lim.any:  # the common case: only the spend is counted, after the answer
+            ex.state["limits"] = LimitsState(Held(None, [], [], [], unlimited=(principal.key_id, principal.team_id,
+                                                                                 lim.period)))
+            return None
+        call = ex.call
+        now = limits.clock()
+        prefix = limits.key_prefix()
+        scopes = (("key", f"k{principal.key_id}", lim.key_rpm, lim.key_tpm, lim.key_budget),
+                  ("team", f"t{principal.team_id}", lim.team_rpm, lim.team_tpm, lim.team_budget))
+        prompt = cap = 0
+        if lim.has_tokens or lim.has_budget:
+            if not tokens.is_loaded():
+                await asyncio.to_thread(tokens.encoding)
+            prompt = estimate_prompt(call.chat)
+            cap = output_cap(call.request.body if call.is_native else call.chat,
+                             settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
+        window = int(now // limits.WINDOW_S)
+        window_ttl = 2 * limits.WINDOW_S
+        period_id, rollover = limits.period_of(lim.period, now)
+        period_ttl = limits.period_ttl(lim.period)
+        worst = 0
+        if lim.has_budget:
+            price = call.prices.lookup(call.route.provider, call.route.upstream_model)
+            if price is None and not settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED:
+                raise ClientError(f"Model '{call.route.upstream_model}' has no price in the price table, and "
+                                  f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
+                                  "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
+                                  status=403, param="model", code="model_unpriced")
+            worst = limits.nano(price.worst_case(prompt, cap)) if price else 0
+        counters, kinds, spend_keys = [], [], []
+        for who, scope, rpm, tpm, budget in scopes:
+            base = f"{prefix}:{scope}"
+            if rpm is not None:
+                counters.append(Counter(f"{base}:r:{window}", rpm, 1, 0, 1, window_ttl))
+                kinds.append(("requests", who))
+            if tpm is not None:
+                counters.append(Counter(f"{base}:t:{window}", tpm, prompt, prompt + cap, 0, window_ttl))
+                kinds.append(("tokens", who))
+            spend = limits.spend_key(scope, period_id)
+            if budget is not None:
+                counters.append(Counter(spend, limits.nano(budget), 1, worst, 0, period_ttl))
+                kinds.append(("spend", who))
+            else:
+                spend_keys.append(spend)
+        state = ex.state["limits"] = LimitsState()
+        held = Held(None, counters, kinds, [0] * len(counters), prompt, tuple(spend_keys), period_ttl)
+        if not counters:
+            state.held = held
+            return None
+        backend = store.current()
+        try:
+            try:
+                results = await backend.reserve(counters)
+            except CountersDown:
+                if settings.SMARTFLOW_LIMITS_FAIL != "open":
+                    raise ClientError("Rate limits cannot be checked right now (the limits store is "
+                                      "unavailable); retry shortly.", status=503, type="api_error",
+                                      code="limits_unavailable", retry_after=1) from None
+                backend = store.local  # fail open: served, counted in this process
+                results = await backend.reserve(counters)
+        except Refused as refused:
+            ex.out.update(self._headers(counters, kinds, None, refused))
+            kind, who = kinds[refused.index]
+            err = self._refusal(principal, counters[refused.index], kind, who, refused.current, prompt,
+                                window, now, rollover)
+            if err.retry_after is None or err.retry_after > 60:
+                ex.out["x-should-retry"] = "false"  # the SDKs' own retries would only be refused again
+            raise err from None
+        finally:
+            ex.trace.stage("limits")
+        held.backend, held.held = backend, [h for h, _ in results]
+        state.held = held
+        ex.out.update(self._headers(counters, kinds, results, None))
+        return None
+
+    @staticmethod
+    def _headers(counters, kinds, results, refused) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* for the tighter (least remaining) of key and team."""
+        best: dict[str, tuple[int, int]] = {}
+        for i, (counter, (kind, _)) in enumerate(zip(counters, kinds)):
+            if kind == "spend":
+                continue
+            if results is not None:
+                remaining = counter.limit - results[i][1]
+            elif refused.index == i:
+                remaining = counter.limit - refused.current
+            else:
+                continue
+            remaining = max(0, remaining)
+            if kind not in best or remaining < best[kind][1]:
+                best[kind] = (counter.limit, remaining)
+        headers = {}
+        for kind, (limit, remaining) in best.items():
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+        return headers
+
+    @staticmethod
+    def _refusal(principal, counter: Counter, kind: str, scope: str, current: int, prompt: int,
+                 window: int, now: float, rollover: float | None) -> ClientError:
+        who = f"key {principal.key_prefix}…" if scope == "key" else f"team '{principal.team}'"
+        window_wait = max(1, math.ceil((window + 1) * limits.WINDOW_S - now))
+        if kind == "requests":
+            return ClientError(f"Rate limit reached for {who}: {counter.limit} requests per minute. "
+                               f"Retry in {window_wait} s.", status=429, type="rate_limit_error",
+                               code="rate_limit_exceeded", retry_after=window_wait)
+        if kind == "tokens":
+            if prompt > counter.limit:
+                return ClientError(f"The prompt (about {prompt} tokens) is larger than the whole token limit "
+                                   f"of {who} ({counter.limit} tokens per minute): shorten it.", status=429,
+                                   type="rate_limit_error", code="rate_limit_exceeded")
+            return ClientError(f"Token rate limit reached for {who}: {counter.limit} tokens per minute, "
+                               f"{max(0, counter.limit - current)} left, this prompt is about {prompt}. "
+                               f"Retry in {window_wait} s.", status=429, type="rate_limit_error",
+                               code="rate_limit_exceeded", retry_after=window_wait)
+        cap = limits.usd(counter.limit)
+        when = (f"It renews in {math.ceil(rollover)} s (the period rolls over at 00:00 UTC)."
+                if rollover is not None else "It is a total budget: ask the operator to raise it.")
+        return ClientError(f"Budget exceeded for {who}: ${cap} spent or reserved by requests in flight. {when}",
+                           status=429, type="rate_limit_error", code="budget_exceeded",
+                           retry_after=None if rollover is None else max(1, math.ceil(rollover)))
+
+    def log(self, ex: Exchange) -> None:
+        state = ex.state.get("limits")
+        if state is None or state.held is None:
+            return
+        held, trace = state.held, ex.trace
+        tokens, cost = used(trace, held.prompt)
+        items = []
+        for counter, (kind, _), amount in zip(held.counters, held.kinds, held.held):
+            if kind == "tokens":
+                items.append((counter.key, amount, tokens, counter.ttl))
+            elif kind == "spend":
+                items.append((counter.key, amount, cost, counter.ttl))
+        if cost and held.unlimited:
+            key_id, team_id, period = held.unlimited
+            period_id = limits.period_of(period, limits.clock())[0]
+            items += [(limits.spend_key(scope, period_id), 0, cost, limits.period_ttl(period))
+                      for scope in (f"k{key_id}", f"t{team_id}")]
+        elif cost:
+            items += [(key, 0, cost, held.spend_ttl) for key in held.spend_keys]
+        if not items:
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(held.backend, items))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _settle(backend, items):
+        backend = backend or store.current()
+        try:
+            await backend.settle(items)
+        except CountersDown:
+            if backend is not store.local:  # a Redis reservation expires with its window; count here meanwhile
+                await store.local.settle([(key, 0, amount, ttl) for key, _, amount, ttl in items])
+        except Exception:
+            log.exception("limits: settling a request failed")
+
+
+def used(trace, prompt_estimate: int) -> tuple[int, int]:
+    """(tokens, nano-USD) the request really used, from its trace: the provider's usage and the
+    cost of what served. Not called upstream (a cache hit, a refusal): nothing. Cut short before
+    the provider reported usage (cancelled, a stream that broke): the prompt estimate plus the
+    output the trace counted, at the served model's price."""
+    fields = trace.fields
+    if not any(stage["name"].startswith("upstream") for stage in trace.stages) or fields.get("cache") == "hit":
+        return 0, 0
+    tokens_in, tokens_out = fields.get("tokens_input") or 0, fields.get("tokens_output") or 0
+    if tokens_in:
+        return tokens_in + tokens_out, limits.nano(fields.get("cost_usd") or 0)
+    if fields.get("status_code") != 499 and not tokens_out:
+        return 0, 0  # the provider refused or failed before working on it: nothing billed
+    from proxy import prices
+
+    price = prices.lookup(fields.get("provider") or "", fields.get("upstream_model") or "")
+    cost = price.cost({"prompt_tokens": prompt_estimate, "completion_tokens": tokens_out}) if price else 0
+    return prompt_estimate + tokens_out, limits.nano(cost)

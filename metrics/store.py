@@ -54,7 +54,15 @@ def note(record: dict) -> tuple:
     name = record.get("upstream_model") or record.get("client_model") or ""
     return (record.get("provider"), name if len(name) <= MAX_MODEL_NAME else "", record.get("status_code"),
             record.get("cache"), record.get("tokens_input"), record.get("tokens_output"),
-            record.get("cost_usd"), record.get("overhead_ms"))
+            record.get("cost_usd"), record.get("overhead_ms"), failovers(record.get("routing")))
+
+
+def failovers(routing: dict | None) -> tuple:
+    """(from provider, to provider) for each step of a routing chain from a failed attempt to
+    another target (a retry of the same target is no failover)."""
+    chain = (routing or {}).get("chain") or ()
+    return tuple((a["provider"], b["provider"]) for a, b in zip(chain, chain[1:])
+                 if a.get("status") != 200 and (a["provider"], a["model"]) != (b["provider"], b["model"]))
 
 
 def increments(notes) -> dict[str, float]:
@@ -62,7 +70,9 @@ def increments(notes) -> dict[str, float]:
     tiers = _tier_table()
     models: dict[str, str] = {}
     out: dict[str, float] = defaultdict(float)
-    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms in notes:
+    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, steps in notes:
+        for source, target in steps:
+            out[field(r.FAILOVERS, r.provider_label(source), r.provider_label(target))] += 1
         provider = r.provider_label(provider)
         model = models.get(name)
         if model is None:

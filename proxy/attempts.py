@@ -118,7 +118,7 @@ class Attempts:
         self.first, self.trace = call, trace
         self.plan: Plan = call.plan
         self.policy = self.plan.policy
-        self.deadline = time.monotonic() + settings.SMARTFLOW_UPSTREAM_TIMEOUT
+        self.deadline = time.monotonic() + settings.SMARTFLOW_ROUTING_TIMEOUT
         self.last_error: UpstreamError | None = None
         self.skipped: list[str] = []
         self.tries = 0  # retries of the current target so far

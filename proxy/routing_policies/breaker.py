@@ -114,6 +114,9 @@ class MemoryBreaker:
         now = time.time()
         return [key for key, c in self.circuits.items() if c.open_until > now or c.probing]
 
+    def reset(self):
+        self.circuits.clear()
+
 
 class RedisBreaker:
     backend = "redis"
@@ -208,6 +211,13 @@ class RedisBreaker:
             if float(state[0] or 0) > now or state[1] == b"1":
                 out.append(key)
         return out
+
+    def reset(self):
+        self.open_circuits()  # the sync client
+        for key in self._sync.smembers(self.known):
+            self._sync.delete(self.circuit(key.decode()), self.circuit(key.decode()) + ":f")
+        self._sync.delete(self.known)
+        self.mirror, self.synced = {}, 0.0
 
 
 _current: tuple | None = None

@@ -42,5 +42,9 @@ class Budget:
         retries.append(now)
         return True
 
+    def reset(self):
+        self.first.clear()
+        self.retries.clear()
+
 
 budget = Budget()

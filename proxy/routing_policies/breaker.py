@@ -147,6 +147,8 @@ class RedisBreaker:
     async def check(self, key: str) -> str:
         if time.monotonic() - self.synced > SYNC_S and (self._sync_task is None or self._sync_task.done()):
             self._sync_task = asyncio.ensure_future(self._refresh())
+            if not self.synced:  # a process's first look waits for it: it knows nothing yet
+                await asyncio.shield(self._sync_task)
         open_until = self.mirror.get(key, 0.0)
         if not open_until:
             return CLOSED

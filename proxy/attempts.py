@@ -87,7 +87,8 @@ def plan(policy: spec.Policy, chat: dict, headers: dict[str, str], principal, ti
         hops.append(Hop(route, target.weight))
     arm = None
     if policy.strategy == "weighted" and any(h.weight > 0 for h in hops):
-        key = spec.sticky_key(chat, headers) if policy.sticky == "user" else None
+        body = native.body if native is not None else chat  # an Anthropic client's own body has its metadata
+        key = spec.sticky_key(body, headers) if policy.sticky == "user" else None
         first = spec.draw([h.weight for h in hops], spec.point_for(policy, key))
         hops.insert(0, hops.pop(first))
         arm = hops[0].key

@@ -222,7 +222,7 @@ def point_for(policy: Policy, key: str | None) -> float:
     """A stable point in [0, 1) for a sticky caller (same on every process), else a random one."""
     if key is None:
         return random.random()
-    return xxhash.xxh64_intdigest(f"{policy.name}\x1f{key}") / 2**64
+    return xxhash.xxh64_intdigest(f"{policy.name}\x1f{key}".encode("utf-8", "surrogatepass")) / 2**64
 
 
 def estimated_tokens(chat: dict) -> tuple[int, int]:

@@ -99,8 +99,8 @@ class RoutingPolicyAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
-        spec.snapshot.invalidate()
+        spec.reload()
 
     def delete_model(self, request, obj):
         super().delete_model(request, obj)
-        spec.snapshot.invalidate()
+        spec.reload()

@@ -68,7 +68,7 @@ def _save(data: dict, row: RoutingPolicy | None = None) -> RoutingPolicy:
     row.failover_on, row.models, row.teams = data["failover_on"], data["models"], data["teams"]
     row.sticky, row.enabled, row.priority = data["sticky"] or "", data["enabled"], data["priority"]
     row.save()
-    spec.snapshot.invalidate()
+    spec.reload()
     return row
 
 
@@ -128,6 +128,6 @@ def policy_view(request, name: str):
         return _error(f"No routing policy named '{name[:100]}'.", 404)
     if request.method == "DELETE":
         row.delete()
-        spec.snapshot.invalidate()
+        spec.reload()
         return Response({"success": True})
     return Response({"success": True, "data": _answer(row)})

@@ -180,6 +180,12 @@ def as_dict(row) -> dict:
 snapshot = Snapshot(load)
 
 
+def reload():
+    """After a change through this process (API, admin): in effect for its next request."""
+    snapshot.invalidate()
+    snapshot.get_sync()
+
+
 def select(policies: Policies, named: str | None, principal, model: str) -> Policy | None:
     """x-smartflow-policy (which must exist, be enabled and be the caller's team's to use),
     else the first enabled policy whose teams and models match, else None."""

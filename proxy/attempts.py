@@ -168,6 +168,7 @@ class Attempts:
             raise err
         await breaker().failed(hop.key)
         if self.tries >= self.policy.attempts or await breaker().check(hop.key) == OPEN:
+            self.plan.notes.append(f"{hop.key}: {cause} after {self.tries + 1} attempt(s), failed over")
             return
         # Exponential backoff with full jitter; the upstream's Retry-After when it asks for longer.
         delay = random.uniform(0, self.policy.backoff_ms / 1000 * 2 ** self.tries)

@@ -80,7 +80,7 @@ def _answer(row: RoutingPolicy) -> dict:
                tags=["routing"], responses={200: PolicyListSerializer, **AUTH_ERRORS})
 @extend_schema(methods=["POST"], operation_id="routing_policies_create", summary="Add a routing policy",
                tags=["routing"], request=PolicySerializer,
-               responses={201: PolicyAnswerSerializer, 400: ErrorSerializer,
+               responses={200: PolicyAnswerSerializer, 400: ErrorSerializer,
                           409: OpenApiResponse(ErrorSerializer, "A policy of that name exists (PUT replaces it)."),
                           **AUTH_ERRORS})
 @api_view(["GET", "POST"])
@@ -99,7 +99,7 @@ def policies_view(request):
     except IntegrityError:
         return _error(f"'name': a policy named '{data['name']}' exists; PUT /api/routing/policies/{data['name']} "
                       "replaces it.", 409)
-    return Response({"success": True, "data": _answer(row)}, status=201)
+    return Response({"success": True, "data": _answer(row)})
 
 
 @extend_schema(methods=["GET"], operation_id="routing_policy_get", summary="One routing policy",

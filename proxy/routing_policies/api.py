@@ -5,6 +5,7 @@ from django.db import IntegrityError, transaction
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view, permission_classes
+from rest_framework.exceptions import ParseError
 from rest_framework.response import Response
 
 from proxy.models import RoutingPolicy
@@ -58,6 +59,15 @@ class DeletedSerializer(serializers.Serializer):
     success = serializers.BooleanField()
 
 
+def _body(request, name: str | None = None) -> dict:
+    """The validated policy in the request's body; Invalid for a body that is not one."""
+    try:
+        data = request.data
+    except ParseError:
+        raise spec.Invalid("The body must be a JSON object (it is not valid JSON).") from None
+    return spec.validate(data, name)
+
+
 def _error(message: str, status: int = 400) -> Response:
     return Response({"success": False, "error": message}, status=status)
 
@@ -90,7 +100,7 @@ def policies_view(request):
         rows = RoutingPolicy.objects.order_by("priority", "name")
         return Response({"success": True, "data": [_answer(row) for row in rows]})
     try:
-        data = spec.validate(request.data)
+        data = _body(request)
     except spec.Invalid as err:
         return _error(str(err))
     try:
@@ -115,7 +125,7 @@ def policy_view(request, name: str):
     row = RoutingPolicy.objects.filter(name=name).first()
     if request.method == "PUT":
         try:
-            data = spec.validate(request.data, name)
+            data = _body(request, name)
         except spec.Invalid as err:
             return _error(str(err))
         try:

@@ -60,9 +60,10 @@ def note(record: dict) -> tuple:
 def failovers(routing: dict | None) -> tuple:
     """(from provider, to provider) for each step of a routing chain from a failed attempt to
     another target (a retry of the same target is no failover)."""
-    chain = (routing or {}).get("chain") or ()
-    return tuple((a["provider"], b["provider"]) for a, b in zip(chain, chain[1:])
-                 if a.get("status") != 200 and (a["provider"], a["model"]) != (b["provider"], b["model"]))
+    chain = [hop for hop in (routing or {}).get("chain") or () if isinstance(hop, dict)]
+    target = lambda hop: (hop.get("provider"), hop.get("model"))  # noqa: E731
+    return tuple((a.get("provider"), b.get("provider")) for a, b in zip(chain, chain[1:])
+                 if a.get("status") != 200 and target(a) != target(b))
 
 
 def increments(notes) -> dict[str, float]:

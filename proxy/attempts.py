@@ -55,9 +55,9 @@ class Plan:
     keys: dict[str, str]
     notes: list[str] = field(default_factory=list)
 
-    def first_route(self) -> routing.Route:
+    def first_route(self, model: str) -> routing.Route:
         if not self.hops:
-            raise ClientError(f"No target of routing policy '{self.policy.name}' can serve this request: "
+            raise ClientError(f"No target of routing policy '{self.policy.name}' can serve model '{model}': "
                               f"{'; '.join(self.notes)}.", status=403, param="model", code="model_not_allowed")
         return self.hops[0].route
 
@@ -200,8 +200,11 @@ class Attempts:
     def give_up(self) -> UpstreamError:
         if self.last_error is not None:
             return self.last_error
+        if not self.skipped:
+            return UpstreamError("timeout", f"Routing policy '{self.policy.name}': no time was left for an attempt "
+                                 f"(SMARTFLOW_ROUTING_TIMEOUT, {settings.SMARTFLOW_ROUTING_TIMEOUT:g} s).")
         return UpstreamError("unavailable", f"Every target of routing policy '{self.policy.name}' is skipped: "
-                             f"circuit open for {', '.join(self.skipped) or 'all'}. Try again in about 30 s.")
+                             f"circuit open for {', '.join(self.skipped)}. Try again in about 30 s.")
 
     def close(self):
         self.trace.fields["routing"]["reason"] = "; ".join(filter(None, [self.first.route.reason, *self.plan.notes]))

@@ -60,7 +60,7 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
         if policy is not None:
             plan = attempts.plan(policy, chat, headers, principal, tiers, native, native_provider,
                                  await provider_keys.get())
-    route = plan.first_route() if plan is not None else routing.route(chat["model"], override, tiers)
+    route = plan.first_route(chat["model"]) if plan is not None else routing.route(chat["model"], override, tiers)
     record = route.as_record()
     if plan is not None:
         record.update(policy=plan.policy.name, strategy=plan.policy.strategy, arm=plan.arm)

@@ -18,7 +18,8 @@ from . import spec
 class TargetSerializer(serializers.Serializer):
     provider = serializers.ChoiceField(["openai", "anthropic", "gemini", "ollama"])
     model = serializers.CharField(required=False, allow_null=True,
-                                  help_text="The model to call; left out: the client's model translated to the same tier.")
+                                  help_text="The model to call; left out: the client's model translated to the "
+                                            "same tier.")
     weight = serializers.FloatField(required=False, help_text="weighted: this target's share (default 1).")
 
 

@@ -159,8 +159,10 @@ def load() -> Policies:
     found = []
     try:
         rows = list(RoutingPolicy.objects.all())
-    except Exception:  # the table missing before migrate: no policies
-        return NONE
+    except Exception:
+        if snapshot.last() is not None:
+            raise  # the database is away: the policies last loaded stay in force
+        return NONE  # the table missing before migrate: no policies
     for row in rows:
         try:
             found.append(from_dict(validate(as_dict(row))))

@@ -102,7 +102,7 @@ def test_it_stores_unicode_names_and_long_lists(api):
     assert "équipe-研究" in stored["teams"] and len(stored["teams"]) == 901 and stored["models"] == ["m" * 200]
 
 
-def test_the_admin_form_validates_like_the_api(admin_client):
+def test_the_admin_form_validates_like_the_api(admin_client, routing_policy):
     from proxy.models import RoutingPolicy
 
     page = admin_client.post("/admin/proxy/routingpolicy/add/", {

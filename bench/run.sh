@@ -13,6 +13,9 @@
 #   BENCH_LIMITS=1 bench/run.sh       # + budgets and rate limits on Redis (BENCH_REDIS_URL): limits off,
 #                                     #   then on for a key and team with rpm, tpm and budget set high
 #                                     #   enough never to refuse; BENCH_LIMITS_ONLY=1: direct + these alone
+#   BENCH_ROUTING=1 bench/run.sh      # + routing policies: Anthropic answers 529 to 20 % of requests;
+#                                     #   no policy vs failover anthropic -> openai; and the policy's
+#                                     #   cost when its first target is healthy
 #   BENCH_SOAK=1 bench/run.sh         # + memory: two 60 s soaks at c=64 back to back, RSS after each
 #   BENCH_SOAK_ONLY=1 bench/run.sh    # the soak alone (BENCH_SOAK_SECONDS, default 60)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
@@ -373,6 +376,43 @@ limits_runs() {
     KEY=$plain_key
 }
 
+routing_policy() {  # routing_policy on|off: the failover policy anthropic -> openai in the bench database
+    "$PY" manage.py shell -c "
+from proxy.models import RoutingPolicy
+RoutingPolicy.objects.all().delete()
+if '$1' == 'on':
+    RoutingPolicy.objects.create(name='bench-failover', strategy='failover', retry={'attempts': 0, 'backoff_ms': 0},
+        targets=[{'provider': 'anthropic', 'model': 'claude-sonnet-4-6', 'weight': 1},
+                 {'provider': 'openai', 'model': 'gpt-4.1', 'weight': 1}],
+        failover_on=[429, 500, 502, 503, 504, 529, 'timeout', 'connect'])
+"
+}
+
+# Routing policies: the same traffic to an Anthropic that is overloaded for 20 % of requests,
+# pinned there without a policy (those reach the client as 502) and under a failover policy
+# (they go to OpenAI; after 5 in 30 s the breaker skips Anthropic for 30 s). Then the policy's
+# own cost: the same policy with a healthy Anthropic, against the plain Anthropic route above.
+routing_runs() {
+    echo "routing policies (/flaky: Anthropic answers 529 to 20 % of requests):"
+    SMARTFLOW_ANTHROPIC_BASE_URL="$UPSTREAM/flaky"
+    export SMARTFLOW_ANTHROPIC_BASE_URL
+    routing_policy off
+    start_gateway uvicorn
+    for conc in 1 64; do measure routing-none anthropic "$conc"; done
+    stop_gateway
+    routing_policy on
+    start_gateway uvicorn
+    preflight openai_request.json ""
+    for conc in 1 64; do measure routing-failover openai "$conc"; done
+    stop_gateway
+    point_gateway_at "$UPSTREAM"
+    start_gateway uvicorn
+    preflight openai_request.json ""
+    for conc in 1 64; do measure routing-healthy openai "$conc"; done
+    stop_gateway
+    routing_policy off
+}
+
 echo "bench: nginx on :$NGINX_PORT (stream :$STREAM_PORT), gateway on :$GW_PORT; ${DURATION} s per run"
 if [[ "${BENCH_SOAK_ONLY:-0}" == 1 ]]; then
     soak
@@ -418,6 +458,7 @@ if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
     stop_gateway
 fi
 
+[[ "${BENCH_ROUTING:-0}" == 1 ]] && routing_runs
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak
 [[ "${BENCH_CACHE:-0}" == 1 || "${BENCH_CACHE_ONLY:-0}" == 1 ]] && cache_runs
 [[ "${BENCH_LIMITS:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 ]] && limits_runs

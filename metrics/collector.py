@@ -5,6 +5,8 @@ import time
 from django.conf import settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from proxy.routing import PROVIDER_NAMES
+
 from . import registry as r
 from . import rollup
 from .store import counters, parse_field
@@ -63,6 +65,20 @@ class SmartflowCollector:
         yield GaugeMetricFamily(r.CACHE_SIZE.name, r.CACHE_SIZE.help, value=held["bytes"])
         yield GaugeMetricFamily(r.CACHE_ENTRIES.name, r.CACHE_ENTRIES.help, value=held["entries"])
         yield from self._trace_backlog()
+        yield self._breakers()
+
+    def _breakers(self):
+        from proxy.routing_policies import breaker
+
+        family = GaugeMetricFamily(r.BREAKER_OPEN.name, r.BREAKER_OPEN.help, labels=r.BREAKER_OPEN.labels)
+        try:
+            open_keys = breaker.current().open_circuits()
+        except Exception:
+            log.warning("metrics: circuit breaker state unavailable", exc_info=True)
+            return family
+        for provider in PROVIDER_NAMES:
+            family.add_metric((provider,), sum(1 for key in open_keys if key.split("/", 1)[0] == provider))
+        return family
 
     def _trace_backlog(self):
         from traces.recorder import recorder

@@ -36,6 +36,9 @@ COST = Metric("smartflow_cost_usd_total", "counter",
 UNPRICED = Metric("smartflow_unpriced_requests_total", "counter",
                   "Requests served by a model the price table has no price for (their cost is unknown, "
                   "not counted as $0).", ("provider", "model"))
+FAILOVERS = Metric("smartflow_failovers_total", "counter",
+                   "Times a routing policy went on from a failed target to another provider's (or model's) "
+                   "target.", ("from", "to"))
 
 TRACE_WRITE_FAILURES = Metric("smartflow_trace_write_failures_total", "counter",
                               "Trace batches the database did not take (database unavailable); "
@@ -43,7 +46,7 @@ TRACE_WRITE_FAILURES = Metric("smartflow_trace_write_failures_total", "counter",
 TRACES_DROPPED = Metric("smartflow_traces_dropped_total", "counter",
                         "Traces lost: dropped from a backlog over its bounds, or not storable even in part.")
 
-COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST, UNPRICED,
+COUNTERS = (REQUESTS, CACHE_HITS, CACHE_MISSES, TOKENS_INPUT, TOKENS_OUTPUT, PROVIDER_ERRORS, COST, UNPRICED, FAILOVERS,
             TRACE_WRITE_FAILURES, TRACES_DROPPED)
 
 OVERHEAD = Metric("smartflow_overhead_seconds", "histogram",
@@ -66,6 +69,9 @@ TRACE_BACKLOG = Metric("smartflow_trace_backlog", "gauge",
                        "Traces in memory waiting to be written to the database, over all gateway processes.")
 TRACE_BACKLOG_BYTES = Metric("smartflow_trace_backlog_bytes", "gauge",
                              "Estimated bytes of the traces waiting to be written, over all gateway processes.")
+BREAKER_OPEN = Metric("smartflow_breaker_open", "gauge",
+                      "Routing targets of this provider whose circuit breaker is open (skipped) or probing.",
+                      ("provider",))
 ROLLUP_AGE = Metric("smartflow_rollup_age_seconds", "gauge",
                     "Age of the roll-up behind the latency and hit-rate gauges.")
 

@@ -54,7 +54,17 @@ def note(record: dict) -> tuple:
     name = record.get("upstream_model") or record.get("client_model") or ""
     return (record.get("provider"), name if len(name) <= MAX_MODEL_NAME else "", record.get("status_code"),
             record.get("cache"), record.get("tokens_input"), record.get("tokens_output"),
-            record.get("cost_usd"), record.get("overhead_ms"), record.get("unpriced"))
+            record.get("cost_usd"), record.get("overhead_ms"), record.get("unpriced"),
+            failovers(record.get("routing")))
+
+
+def failovers(routing: dict | None) -> tuple:
+    """(from provider, to provider) for each step of a routing chain from a failed attempt to
+    another target (a retry of the same target is no failover)."""
+    chain = [hop for hop in (routing or {}).get("chain") or () if isinstance(hop, dict)]
+    target = lambda hop: (hop.get("provider"), hop.get("model"))  # noqa: E731
+    return tuple((a.get("provider"), b.get("provider")) for a, b in zip(chain, chain[1:])
+                 if a.get("status") != 200 and target(a) != target(b))
 
 
 def increments(notes) -> dict[str, float]:
@@ -62,7 +72,9 @@ def increments(notes) -> dict[str, float]:
     tiers = _tier_table()
     models: dict[str, str] = {}
     out: dict[str, float] = defaultdict(float)
-    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, unpriced in notes:
+    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, unpriced, steps in notes:
+        for source, target in steps:
+            out[field(r.FAILOVERS, r.provider_label(source), r.provider_label(target))] += 1
         provider = r.provider_label(provider)
         model = models.get(name)
         if model is None:

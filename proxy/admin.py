@@ -4,7 +4,8 @@ from django.contrib import admin, messages
 
 from . import keystore, limits, prices, routing
 from .auth import forget_keys
-from .models import GuardrailPolicy, ModelPrice, ProviderKey, Team, TierEntry, VirtualKey
+from .models import GuardrailPolicy, ModelPrice, ProviderKey, RoutingPolicy, Team, TierEntry, VirtualKey
+from .routing_policies import spec
 
 
 @admin.register(Team)
@@ -112,3 +113,40 @@ class ModelPriceAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj):
         super().delete_model(request, obj)
         prices.table.invalidate()
+
+
+class RoutingPolicyForm(forms.ModelForm):
+    class Meta:
+        model = RoutingPolicy
+        fields = ("name", "strategy", "targets", "retry", "failover_on", "models", "teams", "sticky", "enabled",
+                  "priority")
+
+    def clean(self):
+        data = super().clean()
+        body = {name: data.get(name) for name in self.Meta.fields}
+        body["sticky"] = body["sticky"] or None
+        body["retry"] = body["retry"] or {}
+        body["failover_on"] = body["failover_on"] or list(spec.DEFAULT_FAILOVER_ON)
+        body["models"], body["teams"] = body["models"] or [], body["teams"] or []
+        try:
+            normal = spec.validate(body)
+        except spec.Invalid as err:
+            raise forms.ValidationError(str(err)) from None
+        data.update(normal, sticky=normal["sticky"] or "")
+        return data
+
+
+@admin.register(RoutingPolicy)
+class RoutingPolicyAdmin(admin.ModelAdmin):
+    form = RoutingPolicyForm
+    list_display = ("name", "strategy", "enabled", "priority", "updated")
+    list_filter = ("strategy", "enabled")
+    search_fields = ("name",)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        spec.reload()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        spec.reload()

@@ -15,8 +15,10 @@ def check_settings(app_configs, **kwargs):
                                 id="smartflow.E001"))
     if settings.SMARTFLOW_PROXY_PORT == settings.SMARTFLOW_MANAGEMENT_PORT:
         errors.append(Error("SMARTFLOW_PROXY_PORT and SMARTFLOW_MANAGEMENT_PORT must differ.", id="smartflow.E002"))
-    if settings.SMARTFLOW_UPSTREAM_TIMEOUT <= 0 or settings.SMARTFLOW_MAX_BODY_BYTES <= 0:
-        errors.append(Error("SMARTFLOW_UPSTREAM_TIMEOUT and SMARTFLOW_MAX_BODY_BYTES must be positive.",
+    if min(settings.SMARTFLOW_UPSTREAM_TIMEOUT, settings.SMARTFLOW_ROUTING_TIMEOUT,
+           settings.SMARTFLOW_MAX_BODY_BYTES) <= 0:
+        errors.append(Error("SMARTFLOW_UPSTREAM_TIMEOUT, SMARTFLOW_ROUTING_TIMEOUT and SMARTFLOW_MAX_BODY_BYTES "
+                            "must be positive.",
                             id="smartflow.E003"))
     master = settings.SMARTFLOW_MASTER_KEY
     if master and not master.startswith("sk-sf-"):

@@ -8,12 +8,13 @@ from django.conf import settings
 
 from traces.trace import Trace
 
-from . import prices, routing, upstream
+from . import attempts, prices, routing, upstream
 from .auth import Principal
 from .keystore import provider_keys
 from .providers import PROVIDERS
 from .providers.base import (SHAPE_ERRORS, ClientError, Provider, StreamState, UpstreamError, UpstreamRequest,
                              malformed)
+from .routing_policies import spec
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class Call:
     # The client speaks the serving provider's own format: its body went out as is.
     is_native: bool = False
     reply_body: dict | None = None
+    plan: "attempts.Plan | None" = None  # the routing policy's targets, when one governs the request
+    attempts: int = 0  # upstream calls made
 
     def native_reply(self) -> dict:
         return {**self.reply_body, "model": self.route.client_model}
@@ -36,6 +39,11 @@ class Call:
     @property
     def is_stream(self) -> bool:
         return bool(self.chat.get("stream"))
+
+    def adopt(self, other: "Call"):
+        """Another target served: from now on this call is that one."""
+        self.chat, self.route, self.provider = other.chat, other.route, other.provider
+        self.request, self.is_native = other.request, other.is_native
 
 
 async def prepare(chat: dict, headers: dict[str, str], principal: Principal, trace: Trace,
@@ -46,9 +54,19 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     provider that speaks it; chat is then only what routing needs until it is translated.
     """
     tiers = await routing.table.get()
-    route = routing.route(chat["model"], headers.get("x-smartflow-provider"), tiers)
-    trace.set(client_model=chat["model"], provider=route.provider,
-              upstream_model=route.upstream_model, routing=route.as_record())
+    override = headers.get("x-smartflow-provider")
+    plan = None
+    if override is None:  # the header pins the provider: no policy applies
+        policy = spec.select(await spec.snapshot.get(), headers.get("x-smartflow-policy"), principal, chat["model"])
+        if policy is not None:
+            plan = attempts.plan(policy, chat, headers, principal, tiers, native, native_provider,
+                                 await provider_keys.get())
+    route = plan.first_route(chat["model"]) if plan is not None else routing.route(chat["model"], override, tiers)
+    record = route.as_record()
+    if plan is not None:
+        record.update(policy=plan.policy.name, strategy=plan.policy.strategy, arm=plan.arm)
+    trace.set(client_model=chat["model"], provider=route.provider, upstream_model=route.upstream_model,
+              routing=record)
     if not principal.may_use(route.upstream_model):
         served = "" if route.upstream_model == chat["model"] else \
             f" (routed to {route.provider}/{route.upstream_model})"
@@ -57,6 +75,18 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
                           "with must be one of them).", status=403, param="model", code="model_not_allowed")
     trace.stage("routing")
     keys = await provider_keys.get()
+    call = build_call(chat, route, keys, headers, tiers, await prices.table.get(), native, native_provider)
+    call.plan = plan
+    if call.request.dropped:
+        trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=call.request.dropped)
+    trace.stage("translation")
+    return call
+
+
+def build_call(chat: dict, route: routing.Route, keys: dict[str, str], headers: dict[str, str],
+               tiers: routing.TierTable, price_table: prices.PriceTable, native=None,
+               native_provider: str | None = None) -> Call:
+    """The request translated for the provider that route names."""
     key = keys.get(route.provider)
     if not key and route.provider != "ollama":
         raise UpstreamError("auth", f"No API key is configured for {route.provider}. The operator must set "
@@ -70,10 +100,16 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
         if native is not None:  # the client's format is translated only now that another provider serves it
             chat = native.translate(route.provider)
         request = provider.build_request(chat, route.upstream_model, base_url, key)
-    if request.dropped:
-        trace.fields["routing"] = dict(trace.fields["routing"], dropped_params=request.dropped)
-    trace.stage("translation")
-    return Call(chat, route, provider, request, tiers, await prices.table.get(), is_native)
+    return Call(chat, route, provider, request, tiers, price_table, is_native)
+
+
+def target_call(first: Call, route: routing.Route) -> Call:
+    """A later target's call: what the request policies saw (the internal form) translated for it,
+    or the Anthropic client's own body when it goes to Anthropic as it is."""
+    plan = first.plan
+    native = plan.native if first.is_native or plan.native_provider == route.provider else None
+    return build_call(first.chat, route, plan.keys, plan.headers, first.tiers, first.prices, native,
+                      plan.native_provider)
 
 
 def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -83,6 +119,7 @@ def response_headers(call: Call | None, trace: Trace, extra: dict[str, str] | No
     if call is not None:
         headers["x-smartflow-provider"] = call.route.provider
         headers["x-smartflow-model"] = call.route.upstream_model
+        headers["x-smartflow-attempts"] = str(call.attempts)
     if extra:
         headers.update(extra)
     return headers
@@ -99,8 +136,21 @@ def _account(call: Call, trace: Trace, usage: dict | None):
               cost_usd=price.cost(usage) if price else 0, unpriced=price is None)
 
 
+async def _send(call: Call, trace: Trace) -> upstream.Reply:
+    """The one upstream call of a request without a routing policy."""
+    call.attempts = 1
+    started = time.perf_counter()
+    try:
+        reply = await upstream.send(call.provider, call.request)
+    except UpstreamError as err:
+        attempts.note(trace, call.route, attempts.condition(err), (time.perf_counter() - started) * 1000, str(err))
+        raise
+    attempts.note(trace, call.route, 200, (time.perf_counter() - started) * 1000)
+    return reply
+
+
 async def complete(call: Call, trace: Trace) -> dict:
-    reply = await upstream.send(call.provider, call.request)
+    reply = await (_send(call, trace) if call.plan is None else attempts.send(call, trace))
     trace.stages.append({"name": "upstream_ttfb", "ms": round(reply.ttfb_s * 1000, 3)})
     trace.stage("upstream_total", upstream=True)
     call.reply_body = reply.body
@@ -127,49 +177,28 @@ class StreamRelay:
         self.chunk_hook = chain.chunk if chain is not None and chain.chunks else None
         self.response_hook = chain.response if chain is not None and chain.responses else None
         self.state = StreamState()
-        base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": call.route.client_model}
-        self.writer = client_format.stream(call.chat, base)
+        self.base = {"id": f"chatcmpl-{trace.id}", "object": "chat.completion.chunk",
+                     "created": int(time.time()), "model": call.route.client_model}
+        self.writer = None
         self.text: list[str] = []
         self.tool_calls: dict[int, dict] = {}
         self.translate_s = 0.0
 
     async def run(self, start_response):
-        failure = None
-        async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
-            self.trace.stages.append({"name": "upstream_ttfb", "ms": round(ttfb * 1000, 3)})
-            self.trace.upstream_s += ttfb
-            await start_response()
-            await self._write(self.writer.start())
-            waited = time.perf_counter()
+        if self.call.plan is not None:
+            failure = await attempts.stream(self, start_response)
+        else:
+            self.call.attempts = 1
+            started = time.perf_counter()
             try:
-                async for event in events:
-                    now = time.perf_counter()
-                    self.trace.upstream_s += now - waited
-                    try:
-                        chunks = self.call.provider.parse_stream_event(event, self.state)
-                    except SHAPE_ERRORS as exc:
-                        log.warning("%s streamed an event of unknown shape", self.call.provider.name,
-                                    exc_info=True)
-                        raise malformed(self.call.provider.name, "stream event", exc) from exc
-                    if self.call.is_native:
-                        for chunk in chunks:
-                            self._collect(chunk)  # for the trace; the client gets the event itself
-                        await self._write(self.writer.native(event))
-                    else:
-                        await self._emit(chunks)
-                    waited = time.perf_counter()
-                    self.translate_s += waited - now
-                closing = self.call.provider.finish_stream(self.state)
-                if not self.call.is_native:
-                    await self._emit(closing)
-                elif closing:  # ended after message_delta without message_stop: close it the same way (§5.3)
-                    await self._write(self.writer.native({"type": "message_stop"}))
-            except (UpstreamError, ClientError) as err:
-                failure = err
-            except Exception:  # a translation bug must still end the stream in-band
-                log.exception("stream translation failed")
-                failure = UpstreamError("server", "The gateway could not translate the stream.")
+                async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
+                    attempts.note(self.trace, self.call.route, 200, ttfb * 1000)
+                    failure = await self.pump(ttfb, 0.0, events, start_response)
+            except UpstreamError as err:
+                if self.writer is None:  # before the stream began: the caller answers with the error
+                    attempts.note(self.trace, self.call.route, attempts.condition(err),
+                                  (time.perf_counter() - started) * 1000, str(err))
+                raise
         # The upstream connection is closed by now; the last write ends the response.
         if failure is not None:
             self.fail(failure)
@@ -180,6 +209,51 @@ class StreamRelay:
                 await self.response_hook(self.exchange, self.message())
             await self._write(self.writer.end(self.state.usage), more=False)
             self.finish(200)
+
+    async def pump(self, ttfb: float, held_s: float, events, start_response, held=(), state=None):
+        """Starts the client's stream, then forwards the held events (already parsed, with the
+        state they were parsed with) and the rest as they come. Returns the failure to end it with."""
+        self.trace.stages.append({"name": "upstream_ttfb", "ms": round(ttfb * 1000, 3)})
+        self.trace.upstream_s += ttfb + held_s
+        if state is not None:
+            self.state = state
+        self.writer = self.client_format.stream(self.call.chat, self.base)
+        await start_response()
+        await self._write(self.writer.start())
+        waited = time.perf_counter()
+        try:
+            for event, chunks in held:
+                await self._forward(event, chunks)
+            async for event in events:
+                now = time.perf_counter()
+                self.trace.upstream_s += now - waited
+                try:
+                    chunks = self.call.provider.parse_stream_event(event, self.state)
+                except SHAPE_ERRORS as exc:
+                    log.warning("%s streamed an event of unknown shape", self.call.provider.name, exc_info=True)
+                    raise malformed(self.call.provider.name, "stream event", exc) from exc
+                await self._forward(event, chunks)
+                waited = time.perf_counter()
+                self.translate_s += waited - now
+            closing = self.call.provider.finish_stream(self.state)
+            if not self.call.is_native:
+                await self._emit(closing)
+            elif closing:  # ended after message_delta without message_stop: close it the same way (§5.3)
+                await self._write(self.writer.native({"type": "message_stop"}))
+        except (UpstreamError, ClientError) as err:
+            return err
+        except Exception:  # a translation bug must still end the stream in-band
+            log.exception("stream translation failed")
+            return UpstreamError("server", "The gateway could not translate the stream.")
+        return None
+
+    async def _forward(self, event: dict, chunks: list[dict]):
+        if self.call.is_native:
+            for chunk in chunks:
+                self._collect(chunk)  # for the trace; the client gets the event itself
+            await self._write(self.writer.native(event))
+        else:
+            await self._emit(chunks)
 
     async def _emit(self, chunks: list[dict]):
         for chunk in chunks:

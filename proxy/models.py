@@ -164,3 +164,30 @@ class ModelPrice(models.Model):
 
     def __str__(self):
         return f"{self.provider}/{self.model}"
+
+
+class RoutingPolicy(models.Model):
+    """A routing policy (CONTRACT "Routing policies"); validated by proxy/routing_policies/spec.py."""
+
+    STRATEGIES = [("failover", "failover"), ("weighted", "weighted"), ("cheapest", "cheapest")]
+
+    name = models.CharField(max_length=100, unique=True)
+    strategy = models.CharField(max_length=20, choices=STRATEGIES)
+    targets = models.JSONField(help_text='[{"provider": "anthropic", "model": "claude-sonnet-4-6", "weight": 1}, …]')
+    retry = models.JSONField(default=dict, blank=True, help_text='{"attempts": 1, "backoff_ms": 250}')
+    failover_on = models.JSONField(default=list, blank=True,
+                                   help_text='Statuses and "timeout", "connect"; empty: the default set.')
+    teams = models.JSONField(default=list, blank=True, help_text="Team names; empty: all.")
+    sticky = models.CharField(max_length=10, blank=True, default="", help_text='"user" or empty.')
+    enabled = models.BooleanField(default=True)
+    priority = models.IntegerField(default=100, help_text="Lowest first; ties by name.")
+    updated = models.DateTimeField(auto_now=True)
+    # Last: the field's name hides django.db.models in the rest of the class body.
+    models = models.JSONField(default=list, blank=True, help_text="Client model names; empty: all.")
+
+    class Meta:
+        verbose_name_plural = "routing policies"
+        ordering = ("priority", "name")
+
+    def __str__(self):
+        return f"{self.name} ({self.strategy})"

@@ -86,7 +86,8 @@ class Route:
     reason: str = ""
 
     def as_record(self) -> dict:
-        return {"override": self.override, "chain": [f"{self.provider}/{self.upstream_model}"],
+        # chain: one {"provider", "model", "status", "ms", "error"} per upstream attempt, as made.
+        return {"override": self.override, "policy": None, "strategy": None, "arm": None, "chain": [],
                 "fallback_used": False, "reason": self.reason, "tier": self.tier,
                 "tier_inferred": self.is_tier_inferred}
 

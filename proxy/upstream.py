@@ -155,11 +155,13 @@ def _failure(provider: Provider, exc: Exception) -> UpstreamError:
     return UpstreamError("unavailable", f"{name}: the call to the provider failed ({type(cause).__name__}).")
 
 
-async def send(provider: Provider, req: UpstreamRequest) -> Reply:
-    """A non-streaming call; raises UpstreamError for transport failures and HTTP errors."""
+async def send(provider: Provider, req: UpstreamRequest, timeout: float | None = None) -> Reply:
+    """A non-streaming call; raises UpstreamError for transport failures and HTTP errors.
+
+    timeout: seconds left for it (a routing policy's later attempts), at most the setting's."""
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(settings.SMARTFLOW_UPSTREAM_TIMEOUT):
+        async with asyncio.timeout(_seconds(timeout)):
             response = await client().post_json(req.url, req.headers, req.body)
             ttfb = time.perf_counter() - started
             try:
@@ -177,8 +179,13 @@ async def send(provider: Provider, req: UpstreamRequest) -> Reply:
     return Reply(response.status_code, body, ttfb)
 
 
+def _seconds(timeout: float | None) -> float:
+    limit = settings.SMARTFLOW_UPSTREAM_TIMEOUT
+    return limit if timeout is None else max(0.0, min(timeout, limit))
+
+
 @asynccontextmanager
-async def stream(provider: Provider, req: UpstreamRequest):
+async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None = None):
     """A streaming call: yields (ttfb seconds, async iterator of parsed events).
 
     HTTP errors before the body raise UpstreamError; failures while reading
@@ -187,7 +194,7 @@ async def stream(provider: Provider, req: UpstreamRequest):
     the upstream connection, which cancels the provider's generation.
     """
     started = time.perf_counter()
-    deadline = asyncio.get_running_loop().time() + settings.SMARTFLOW_UPSTREAM_TIMEOUT
+    deadline = asyncio.get_running_loop().time() + _seconds(timeout)
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout_at(deadline):

@@ -53,6 +53,8 @@ class ListParams:
     compliance: str = ""
     sort: str = "-timestamp"
     cursor: str = ""
+    policy: str = ""  # routing policy name
+    arm: str = ""  # the weighted arm drawn ("provider/model")
 
     @classmethod
     def parse(cls, params) -> "ListParams":
@@ -70,7 +72,7 @@ class ListParams:
                 raise BadQuery(f"'{name}' must be between {low} and {high}.")
             return value
 
-        for name in ("q", "cursor"):  # PostgreSQL cannot compare text with a NUL in it
+        for name in ("q", "cursor", "policy", "arm"):  # PostgreSQL cannot compare text with a NUL in it
             if "\x00" in (get(name) or ""):
                 raise BadQuery(f"'{name}' must not contain NUL characters.")
         provider = (get("provider") or "").strip().lower()
@@ -88,16 +90,17 @@ class ListParams:
         return cls(limit=integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
                    offset=integer("offset", 0, 0, MAX_OFFSET),
                    q=(get("q") or "").strip()[:200], provider=provider, cache=cache, compliance=compliance, sort=sort,
-                   cursor=(get("cursor") or "").strip())
+                   cursor=(get("cursor") or "").strip(), policy=(get("policy") or "").strip()[:200],
+                   arm=(get("arm") or "").strip()[:200])
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.provider or self.cache or self.compliance)
+        return bool(self.q or self.provider or self.cache or self.compliance or self.policy or self.arm)
 
     def query_string(self, **changes) -> str:
         from urllib.parse import urlencode
 
-        values = {"q": self.q, "provider": self.provider, "cache": self.cache, "compliance": self.compliance,
+        values = {"q": self.q, "provider": self.provider, "cache": self.cache, "compliance": self.compliance, "policy": self.policy, "arm": self.arm,
                   "sort": "" if self.sort == "-timestamp" else self.sort, **changes}
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
@@ -183,6 +186,10 @@ def base_queryset(params: ListParams, teams: Collection[str] | None = None):
         qs = qs.filter(cache=params.cache)
     if params.compliance:
         qs = qs.filter(compliance=params.compliance)
+    if params.policy:  # to compare a routing policy's arms (their latency, cost, errors)
+        qs = qs.filter(routing__policy=params.policy)
+    if params.arm:
+        qs = qs.filter(routing__arm=params.arm)
     if params.q:
         if not _ID_LIKE.match(params.q):
             qs = qs.annotate(prompt_text=Cast("prompt", TextField()))

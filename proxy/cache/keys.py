@@ -16,7 +16,10 @@ def _digest(*parts) -> str:
 
 
 def cache_key(team: str, provider: str, upstream_model: str, chat: dict) -> str:
-    """The entry's key: the team, what serves it, and the internal request minus EXCLUDED."""
+    """The entry's key: the team, what serves it, and the internal request minus EXCLUDED.
+
+    Under a routing policy, what serves it is the policy (provider "policy:NAME") and the
+    client's model: its targets answer the same question (CONTRACT "MetaCache")."""
     return _digest(team, provider, upstream_model, {k: v for k, v in chat.items() if k not in EXCLUDED})
 
 

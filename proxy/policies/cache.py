@@ -85,6 +85,8 @@ class CachePolicy(Policy):
             return None
         team = str(ex.principal.team_id or "")  # the caller's key decides the team, never a header
         provider, model = call.route.provider, call.route.upstream_model
+        if call.plan is not None:  # any of the policy's targets may serve it: one entry for them all
+            provider, model = f"policy:{call.plan.policy.name}", call.route.client_model
         state.key = keys.cache_key(team, provider, model, call.chat)
         state.ttl = ttl or settings.SMARTFLOW_CACHE_TTL
         # A stream is assembled from one merged message; with n > 1 it cannot be stored faithfully.

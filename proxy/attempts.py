@@ -95,8 +95,7 @@ def plan(policy: spec.Policy, chat: dict, headers: dict[str, str], principal, ti
         notes.append(f"arm {arm} drawn by weight" + (" (sticky caller)" if key else ""))
     elif policy.strategy == "cheapest":
         tokens_in, tokens_out = spec.estimated_tokens(chat)
-        hops.sort(key=lambda h: spec.price_usd(tiers, h.route.provider, h.route.upstream_model, tokens_in,
-                                               tokens_out))
+        hops.sort(key=lambda h: spec.price_usd(h.route.provider, h.route.upstream_model, tokens_in, tokens_out))
     return Plan(policy, hops, arm, native, native_provider, headers, keys, notes)
 
 

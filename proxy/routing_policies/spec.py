@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 
-from proxy import routing
+from proxy import prices, routing
 from proxy.providers.base import ClientError
 from proxy.snapshot import Snapshot
 
@@ -240,11 +240,9 @@ def estimated_tokens(chat: dict) -> tuple[int, int]:
     return prompt, cap if isinstance(cap, int) else 256
 
 
-def price_usd(tiers: routing.TierTable, provider: str, model: str, tokens_in: int, tokens_out: int) -> float:
-    """What this request would cost on provider/model; unknown models sort last.
-
-    The tier table's prices for now: the limits issue's price table (proxy/prices.py) replaces this body."""
-    entry = tiers.lookup(model)
-    if entry is None:
+def price_usd(provider: str, model: str, tokens_in: int, tokens_out: int) -> float:
+    """What this request would cost on provider/model, from the price table; unpriced models sort last."""
+    price = prices.lookup(provider, model)
+    if price is None:
         return float("inf")
-    return (tokens_in * entry.price[0] + tokens_out * entry.price[1]) / 1e6
+    return float((tokens_in * price.input + tokens_out * price.output) / prices.MILLION)

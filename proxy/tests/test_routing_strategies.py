@@ -87,19 +87,18 @@ def test_other_strategies_ignore_sticky(routing_policy, proxy_client):
 
 @pytest.fixture
 def priced_models(gateway):
-    from proxy import routing
-    from proxy.models import TierEntry
+    from proxy import prices
+    from proxy.models import ModelPrice
 
-    TierEntry.objects.create(model="gpt-cheap-in", provider="openai", tier="balanced", input_usd_per_mtok=1,
-                             output_usd_per_mtok=20)
-    TierEntry.objects.create(model="gemini-cheap-out", provider="gemini", tier="balanced", input_usd_per_mtok=5,
-                             output_usd_per_mtok=2)
-    routing.table.invalidate()
-    routing.table.get_sync()
+    ModelPrice.objects.create(model="gpt-cheap-in", provider="openai", input_usd_per_mtok=1, output_usd_per_mtok=20)
+    ModelPrice.objects.create(model="gemini-cheap-out", provider="gemini", input_usd_per_mtok=5,
+                              output_usd_per_mtok=2)
+    prices.table.invalidate()
+    prices.table.get_sync()
     yield
-    TierEntry.objects.all().delete()
-    routing.table.invalidate()
-    routing.table.get_sync()
+    ModelPrice.objects.all().delete()
+    prices.table.invalidate()
+    prices.table.get_sync()
 
 
 def test_cheapest_orders_by_the_price_of_this_requests_tokens(routing_policy, proxy_client, gateway, priced_models):
@@ -122,13 +121,11 @@ def test_cheapest_fails_over_in_price_order(routing_policy, proxy_client, gatewa
     assert [hop["provider"] for hop in log_of(gateway, r).routing["chain"]] == ["gemini", "openai"]
 
 
-def test_the_price_function_uses_the_tier_tables_prices():
-    from proxy import routing
-
-    tiers = routing.load_table()
-    assert spec.price_usd(tiers, "openai", "gpt-4.1", 1_000_000, 0) == pytest.approx(2.0)
-    assert spec.price_usd(tiers, "openai", "gpt-4.1", 0, 1_000_000) == pytest.approx(8.0)
-    assert spec.price_usd(tiers, "openai", "no-such-model", 1, 1) == float("inf")
+def test_the_price_function_uses_the_price_table(db):
+    assert spec.price_usd("openai", "gpt-4.1", 1_000_000, 0) == pytest.approx(2.0)  # proxy/prices.json
+    assert spec.price_usd("openai", "gpt-4.1", 0, 1_000_000) == pytest.approx(8.0)
+    assert spec.price_usd("anthropic", "gpt-4.1", 1, 1) == float("inf")  # priced per provider
+    assert spec.price_usd("openai", "no-such-model", 1, 1) == float("inf")
 
 
 # --- which policy ------------------------------------------------------------------------

@@ -115,8 +115,11 @@ def note(trace, route: routing.Route, status, ms: float, error: str = "") -> Non
 class Attempts:
     """Walks a plan: yields each Call to try, and decides after each failure what comes next."""
 
-    def __init__(self, call, trace):
+    def __init__(self, call, trace, is_stream: bool):
         self.first, self.trace = call, trace
+        # A stream's trace adds up its waits itself; a one-body answer's "upstream_total" stage
+        # covers all its attempts and pauses already.
+        self.adds_waits = is_stream
         self.plan: Plan = call.plan
         self.policy = self.plan.policy
         self.deadline = time.monotonic() + settings.SMARTFLOW_ROUTING_TIMEOUT
@@ -157,7 +160,8 @@ class Attempts:
     async def failed(self, hop: Hop, err: UpstreamError, started: float):
         """Notes the attempt; raises when the failure must reach the client; else sets whether to retry
         this target (after the backoff) or go on to the next."""
-        self.trace.upstream_s += time.perf_counter() - started
+        if self.adds_waits:
+            self.trace.upstream_s += time.perf_counter() - started
         cause = condition(err)
         note(self.trace, hop.route, cause, (time.perf_counter() - started) * 1000, str(err))
         self.last_error = err
@@ -182,7 +186,8 @@ class Attempts:
             return
         paused = time.perf_counter()
         await asyncio.sleep(delay)
-        self.trace.upstream_s += time.perf_counter() - paused
+        if self.adds_waits:
+            self.trace.upstream_s += time.perf_counter() - paused
         self.again = True
 
     async def succeeded(self, index: int, call, is_probe: bool, ms: float):
@@ -213,7 +218,7 @@ class Attempts:
 
 async def send(call, trace) -> upstream.Reply:
     """The one-body answer of the first target that gives one."""
-    walk = Attempts(call, trace)
+    walk = Attempts(call, trace, is_stream=False)
     try:
         async with aclosing(walk.calls()) as calls:
             async for index, candidate, is_probe in calls:
@@ -244,7 +249,7 @@ async def stream(relay, start_response):
     """Opens the stream of the first target that starts one with real content, holding its first
     events back until then (an error may come inside a 200 stream's first events); then the relay
     streams the rest unbuffered. Returns the relay's in-band failure, if any."""
-    walk = Attempts(relay.call, relay.trace)
+    walk = Attempts(relay.call, relay.trace, is_stream=True)
     try:
         async with aclosing(walk.calls()) as calls:
             async for index, candidate, is_probe in calls:

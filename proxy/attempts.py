@@ -127,6 +127,7 @@ class Attempts:
         self.skipped: list[str] = []
         self.tries = 0  # retries of the current target so far
         self.again = False  # whether the current target is tried again
+        self.probing = False  # the current attempt is its circuit's one probe
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -152,8 +153,8 @@ class Attempts:
             self.tries = 0
             self.again = True
             while self.again and self.remaining() > 0:
-                self.again = False
-                yield index, call, state == PROBE
+                self.again, self.probing = False, state == PROBE
+                yield index, call, self.probing
                 state = None
                 self.tries += 1
 
@@ -165,10 +166,13 @@ class Attempts:
         cause = condition(err)
         note(self.trace, hop.route, cause, (time.perf_counter() - started) * 1000, str(err))
         self.last_error = err
+        is_condition = cause in self.policy.failover_on and cause not in spec.NEVER_FAILOVER
+        if self.probing and not is_condition:  # it answered: whatever the answer, it is up again
+            await breaker().succeeded(hop.key)
         if cause in spec.ALWAYS_FAILOVER:
             self.plan.notes.append(f"{hop.key}: the provider refused the gateway's key ({cause}), failed over")
             return
-        if cause in spec.NEVER_FAILOVER or cause not in self.policy.failover_on:
+        if not is_condition:
             raise err
         await breaker().failed(hop.key)
         if self.tries >= self.policy.attempts or await breaker().check(hop.key) == OPEN:

@@ -237,18 +237,22 @@ ROUTING_MODES = [
 TARGET_POLICY_MS = 0.05  # issue 13: a policy whose first target succeeds, over the plain route
 
 
+def measured(rows, modes):
+    """(label, c=1 row, c=64 row) for each mode that has a run."""
+    for (server, route), label in modes:
+        c1, c64 = rows.get((server, route, 1)), rows.get((server, route, 64))
+        if c1 or c64:
+            yield label, c1, c64
+
+
 def routing_summary(rows):
     """Section 6 (BENCH_ROUTING=1): throughput and p99 with and without a failover policy."""
-    out = ["", "6) Routing policies, OpenAI client, uvicorn single process"]
+    out = ["", "6) Routing policies, OpenAI client, uvicorn single process",
+           f"   {'mode':<44} {'c=1 p50':>8} {'p99':>7} {'c=64 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
+           f"{'gw CPU/req':>10} {'non2xx':>7}"]
     w = out.append
-    hdr = f"   {'mode':<44} {'c=1 p50':>8} {'p99':>7} {'c=64 req/s':>10} {'p50 ms':>7} {'p99 ms':>7} " \
-          f"{'gw CPU/req':>10} {'non2xx':>7}"
-    w(hdr)
-    w("   " + "-" * (len(hdr) - 3))
-    for (server, route), label in ROUTING_MODES:
-        c1, c64 = rows.get((server, route, 1)), rows.get((server, route, 64))
-        if not c1 and not c64:
-            continue
+    w("   " + "-" * (len(out[-1]) - 3))
+    for label, c1, c64 in measured(rows, ROUTING_MODES):
         left = f"{ms(c1['p50_us']):>8} {ms(c1['p99_us']):>7}" if c1 else f"{'—':>8} {'':>7}"
         right = (f"{c64['rps']:>10.0f} {ms(c64['p50_us']):>7} {ms(c64['p99_us']):>7} "
                  f"{c64.get('gw_cpu_ms_per_req', 0):>10.3f}") if c64 else f"{'—':>10} {'':>7} {'':>7} {'':>10}"

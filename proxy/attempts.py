@@ -114,8 +114,11 @@ def note(trace, route: routing.Route, status, ms: float, error: str = "") -> Non
 class Attempts:
     """Walks a plan: yields each Call to try, and decides after each failure what comes next."""
 
-    def __init__(self, call, trace):
+    def __init__(self, call, trace, is_stream: bool):
         self.first, self.trace = call, trace
+        # A stream's trace adds up its waits itself; a one-body answer's "upstream_total" stage
+        # covers all its attempts and pauses already.
+        self.adds_waits = is_stream
         self.plan: Plan = call.plan
         self.policy = self.plan.policy
         self.deadline = time.monotonic() + settings.SMARTFLOW_ROUTING_TIMEOUT
@@ -123,6 +126,7 @@ class Attempts:
         self.skipped: list[str] = []
         self.tries = 0  # retries of the current target so far
         self.again = False  # whether the current target is tried again
+        self.probing = False  # the current attempt is its circuit's one probe
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -148,22 +152,26 @@ class Attempts:
             self.tries = 0
             self.again = True
             while self.again and self.remaining() > 0:
-                self.again = False
-                yield index, call, state == PROBE
+                self.again, self.probing = False, state == PROBE
+                yield index, call, self.probing
                 state = None
                 self.tries += 1
 
     async def failed(self, hop: Hop, err: UpstreamError, started: float):
         """Notes the attempt; raises when the failure must reach the client; else sets whether to retry
         this target (after the backoff) or go on to the next."""
-        self.trace.upstream_s += time.perf_counter() - started
+        if self.adds_waits:
+            self.trace.upstream_s += time.perf_counter() - started
         cause = condition(err)
         note(self.trace, hop.route, cause, (time.perf_counter() - started) * 1000, str(err))
         self.last_error = err
+        is_condition = cause in self.policy.failover_on and cause not in spec.NEVER_FAILOVER
+        if self.probing and not is_condition:  # it answered: whatever the answer, it is up again
+            await breaker().succeeded(hop.key)
         if cause in spec.ALWAYS_FAILOVER:
             self.plan.notes.append(f"{hop.key}: the provider refused the gateway's key ({cause}), failed over")
             return
-        if cause in spec.NEVER_FAILOVER or cause not in self.policy.failover_on:
+        if not is_condition:
             raise err
         await breaker().failed(hop.key)
         if self.tries >= self.policy.attempts or await breaker().check(hop.key) == OPEN:
@@ -181,7 +189,8 @@ class Attempts:
             return
         paused = time.perf_counter()
         await asyncio.sleep(delay)
-        self.trace.upstream_s += time.perf_counter() - paused
+        if self.adds_waits:
+            self.trace.upstream_s += time.perf_counter() - paused
         self.again = True
 
     async def succeeded(self, index: int, call, is_probe: bool, ms: float):
@@ -212,7 +221,7 @@ class Attempts:
 
 async def send(call, trace) -> upstream.Reply:
     """The one-body answer of the first target that gives one."""
-    walk = Attempts(call, trace)
+    walk = Attempts(call, trace, is_stream=False)
     try:
         async with aclosing(walk.calls()) as calls:
             async for index, candidate, is_probe in calls:
@@ -243,7 +252,7 @@ async def stream(relay, start_response):
     """Opens the stream of the first target that starts one with real content, holding its first
     events back until then (an error may come inside a 200 stream's first events); then the relay
     streams the rest unbuffered. Returns the relay's in-band failure, if any."""
-    walk = Attempts(relay.call, relay.trace)
+    walk = Attempts(relay.call, relay.trace, is_stream=True)
     try:
         async with aclosing(walk.calls()) as calls:
             async for index, candidate, is_probe in calls:

@@ -57,7 +57,8 @@ async def prepare(chat: dict, headers: dict[str, str], principal: Principal, tra
     override = headers.get("x-smartflow-provider")
     plan = None
     if override is None:  # the header pins the provider: no policy applies
-        policy = spec.select(await spec.snapshot.get(), headers.get("x-smartflow-policy"), principal, chat["model"])
+        policy = spec.select(await spec.snapshot.get(), headers.get("x-smartflow-policy") or None, principal,
+                             chat["model"])
         if policy is not None:
             plan = attempts.plan(policy, chat, headers, principal, tiers, native, native_provider,
                                  await provider_keys.get())

@@ -172,3 +172,11 @@ def test_a_dead_redis_never_fails_a_request(policy, proxy_client, settings, fake
     for _ in range(breaker.THRESHOLD + 1):
         assert served(post(proxy_client)) == "openai"  # failed over; the breaker just records nothing
     assert breaker.current().backend == "redis"
+
+
+def test_a_probe_answered_with_a_client_error_closes_it(policy, proxy_client, fake_upstream):
+    open_circuit(proxy_client, fake_upstream)
+    time.sleep(breaker.OPEN_S + 0.1)
+    fake_upstream.script("anthropic", status=400)
+    assert proxy_client.post("/v1/chat/completions", json=CHAT).status_code == 400  # the probe: it answered
+    assert served(post(proxy_client)) == "anthropic"  # so it is closed, not left probing

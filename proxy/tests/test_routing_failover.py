@@ -48,8 +48,9 @@ def chain_of(log):
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 529])
 def test_it_fails_over_on_each_condition(failover, sdk, gateway, fake_upstream, status):
-    fake_upstream.script("anthropic", status=status)
+    fake_upstream.script("anthropic", status=status, delay=0.2)
     raw = sdk.chat.completions.with_raw_response.create(**CHAT)
+    assert float(raw.headers["x-smartflow-overhead-ms"]) < 100  # the failed attempt's 0.2 s is upstream time
     answer = raw.parse()
     assert answer.model == "claude-sonnet-4-6"  # the client's own model, whoever served it
     assert answer.choices[0].message.content == ECHO_PREFIX + "hello"
@@ -178,6 +179,7 @@ def test_the_upstreams_retry_after_is_honoured(routing_policy, proxy_client, fak
     assert r.status_code == 200 and r.headers["x-smartflow-provider"] == "anthropic"
     first, second = (req.received_at for req in fake_upstream.requests_for("anthropic"))
     assert 1.0 <= second - first < 1.5
+    assert float(r.headers["x-smartflow-overhead-ms"]) < 100  # the pause is the upstream's, not the gateway's
 
 
 def test_a_retry_after_longer_than_the_time_left_fails_over_at_once(routing_policy, proxy_client, gateway,
@@ -210,9 +212,10 @@ def test_the_retry_budget_caps_retries_of_a_target(routing_policy, proxy_client,
 
 
 def test_a_stream_fails_over_before_its_first_byte(failover, sdk, gateway, fake_upstream):
-    fake_upstream.script("anthropic", status=529)
+    fake_upstream.script("anthropic", status=529, delay=0.3)
     with sdk.chat.completions.with_streaming_response.create(**CHAT, stream=True) as raw:
         assert raw.headers["x-smartflow-provider"] == "openai" and raw.headers["x-smartflow-attempts"] == "2"
+        assert float(raw.headers["x-smartflow-overhead-ms"]) < 100  # the failed attempt's 0.3 s is upstream time
         chunks = list(raw.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ECHO_PREFIX + "hello"
     assert {c.model for c in chunks} == {"claude-sonnet-4-6"}

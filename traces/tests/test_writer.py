@@ -133,7 +133,7 @@ def test_the_metrics_observer_keeps_a_few_values_not_the_record():
     rec = record(prompt=[{"role": "user", "content": "p" * 1_000_000}], tokens_input=3, upstream_model="u" * 5000)
     writer.add(rec)
     (noted,) = store._noted
-    assert isinstance(noted, tuple) and len(noted) == 10  # the counters' inputs, unpriced and failovers included
+    assert isinstance(noted, tuple) and len(noted) == 10  # the counters' inputs: unpriced, then the failover steps
     assert all(not isinstance(v, (dict, list)) and (not isinstance(v, str) or len(v) <= 200) for v in noted)
 
 

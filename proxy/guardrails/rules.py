@@ -5,13 +5,13 @@ of a request over its texts and says what to block, what to redact before it is 
 to mask in the VASLog (every match of every triggered rule, flag included)."""
 from __future__ import annotations
 
-import re._parser as sre_parse
+import re._parser as re_parser
 from dataclasses import dataclass, field
 
 import re2
 
 from . import injection
-from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, Finding, scan
+from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, SPANS, Finding, scan
 
 KINDS = ("pii", "injection", "regex", "keywords")
 ACTIONS = ("flag", "redact", "block")
@@ -105,7 +105,7 @@ def validate(body) -> dict:
 def _longest(pattern: str) -> int:
     """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back)."""
     try:
-        return min(MAX_SPAN, max(1, sre_parse.parse(pattern).getwidth()[1]))
+        return min(MAX_SPAN, max(1, re_parser.parse(pattern).getwidth()[1]))
     except Exception:  # RE2 syntax Python's parser lacks: assume the cap
         return MAX_SPAN
 
@@ -133,13 +133,16 @@ class Rule:
     @classmethod
     def compile(cls, policy: dict) -> "Rule":
         kind = policy["kind"]
-        pattern, span = None, MAX_SPAN
-        if kind == "regex":
+        entities = frozenset(policy["entities"] or PII_ENTITIES)
+        pattern, span = None, SPANS[INJECTION]
+        if kind == "pii":
+            span = max(SPANS[e] for e in entities)
+        elif kind == "regex":
             pattern, span = re2.compile(policy["pattern"]), _longest(policy["pattern"])
         elif kind == "keywords":
             pattern, span = re2.compile(_keywords(policy["words"])), max(len(w) for w in policy["words"])
-        return cls(policy["name"], kind, policy["action"], policy["on"],
-                   frozenset(policy["entities"] or PII_ENTITIES), frozenset(policy["teams"]), pattern, span)
+        return cls(policy["name"], kind, policy["action"], policy["on"], entities, frozenset(policy["teams"]),
+                   pattern, span)
 
     def applies(self, team: str | None, side: str) -> bool:
         return self.on in (side, "both") and (not self.teams or team in self.teams)

@@ -6,6 +6,7 @@ then validated and scored by its recogniser. Alternatives earlier in the express
 same position, so the most specific shapes (secrets, e-mails, IBANs) come first."""
 from __future__ import annotations
 
+import re._parser as re_parser
 from dataclasses import dataclass
 
 import re2
@@ -35,6 +36,17 @@ def _alternatives() -> list[tuple[str, str]]:
     groups.append(("I_ENCODED", injection.PATTERNS["ENCODED"][1]))
     return groups
 
+
+def _longest(pattern: str) -> int:
+    return re_parser.parse(pattern).getwidth()[1]
+
+
+# The longest match of each entity (a stream holds back this much for a rule on it): every pattern
+# is bounded, but a private key block, held from its BEGIN line to its END line instead.
+SPANS = {name: _longest(p) for name, p in pii.PATTERNS.items()}
+SPANS["API_KEY"] = max(_longest(p) for name, p in secrets.PATTERNS.items() if name != "PEM")
+SPANS[INJECTION] = max(_longest(p) for _, p in injection.PATTERNS.values())
+assert max(SPANS.values()) <= MAX_SPAN, SPANS
 
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = 64 << 20  # the combined DFA is large; the default 8 MiB would make RE2 fall back to NFA

@@ -161,15 +161,28 @@ def streamed(rules, text, cuts):
     return out
 
 
-@given(st.lists(st.tuples(FILLER, st.sampled_from(SECRETS)), min_size=1, max_size=4), st.data())
-@settings(max_examples=150, deadline=None)
-def test_the_window_redacts_as_the_whole_text_would_however_it_is_split(parts, data):
+ENTITY_SETS = [[], ["CREDIT_CARD"], ["EMAIL_ADDRESS", "PHONE_NUMBER"], ["API_KEY"], ["US_SSN", "IBAN_CODE"]]
+
+
+@given(st.lists(st.tuples(FILLER, st.sampled_from(SECRETS)), min_size=1, max_size=4), st.data(),
+       st.sampled_from(ENTITY_SETS))
+@settings(max_examples=250, deadline=None)
+def test_the_window_redacts_as_the_whole_text_would_however_it_is_split(parts, data, entities):
     text = "".join(filler + " " + secret + " " for filler, secret in parts)
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12))
-    rules = [rule()]
+    rules = [rule(entities=entities)]
     out = streamed(rules, text, cuts)
     assert "".join(out) == R.mask(text, rules)
-    assert all(s not in "".join(out) for s in ("jane.roe", "1111 1111", "555-2671", "Zx81Qw7"))
+    if not entities:
+        assert all(s not in "".join(out) for s in ("jane.roe", "1111 1111", "555-2671", "Zx81Qw7"))
+
+
+def test_each_pattern_is_bounded_by_the_hold():
+    from proxy.guardrails.scan import SPANS
+
+    assert max(SPANS.values()) <= MAX_SPAN
+    assert rule(entities=["CREDIT_CARD"]).span == SPANS["CREDIT_CARD"] < 30  # a cards-only stream waits little
+    assert rule().span == max(SPANS[e] for e in SPANS if e != INJECTION)
 
 
 def test_the_window_holds_back_at_most_the_span():

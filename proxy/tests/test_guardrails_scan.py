@@ -185,14 +185,18 @@ def test_each_pattern_is_bounded_by_the_hold():
     assert rule().span == max(SPANS[e] for e in SPANS if e != INJECTION)
 
 
-def test_the_window_holds_back_at_most_the_span():
-    window = Window([rule()], {}, set(), {})
-    released = "".join(window.feed(c) for c in "word " * 200)
-    assert len("word " * 200) - len(released) <= MAX_SPAN
+def test_the_window_holds_back_the_span_plus_a_batch_never_more_than_256():
+    from proxy.guardrails.stream import BATCH
+
     regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"TCK-\d{6}", "action": "redact"}))
-    window = Window([regex], {}, set(), {})
-    released = "".join(window.feed(c) for c in "word " * 20)
-    assert len("word " * 20) - len(released) <= 10  # the regex's longest match
+    for rules, most in (([rule()], MAX_SPAN), ([regex], 10 + BATCH), ([rule(entities=["CREDIT_CARD"])], 24 + BATCH)):
+        window = Window(rules, {}, set(), {})
+        released, sent = "", ""
+        for c in "word " * 200:
+            sent += c
+            released += window.feed(c)
+            assert len(sent) - len(released) <= most
+        assert len(sent) - len(released) >= rules[0].span  # and it did hold back
 
 
 def test_the_window_holds_a_private_key_block_whole():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import re2
 
 from . import injection
-from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, SPANS, Finding, scan
+from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, SPANS, Finding, scan, spans
 
 KINDS = ("pii", "injection", "regex", "keywords")
 ACTIONS = ("flag", "redact", "block")
@@ -111,12 +111,19 @@ def _longest(pattern: str) -> int:
 
 
 def _keywords(words: list[str]) -> str:
-    def one(word: str) -> str:
-        escaped = re2.escape(word)
-        start = r"\b" if word[0].isalnum() or word[0] == "_" else ""
-        end = r"\b" if word[-1].isalnum() or word[-1] == "_" else ""
-        return start + escaped + end
-    return "(?i)(?:" + "|".join(one(w) for w in sorted(words, key=len, reverse=True)) + ")"
+    # Longest first, so "category" wins over "cat"; whole words are checked after (RE2's \b is ASCII).
+    return "(?i)(?:" + "|".join(re2.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _whole_word(text: str, start: int, end: int) -> bool:
+    """No letter or digit glued to either end of a keyword that begins or ends with one."""
+    before = start > 0 and _word(text[start - 1]) and _word(text[start])
+    after = end < len(text) and _word(text[end]) and _word(text[end - 1])
+    return not (before or after)
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,8 @@ class Rule:
             return [f for f in found if f.entity in self.entities]
         if self.kind == "injection":
             return [f for f in found if f.entity == INJECTION]
-        return [Finding(m.start(), m.end(), self.name, 1.0) for m in self.pattern.finditer(text) if m.end() > m.start()]
+        found = [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
+        return [f for f in found if _whole_word(text, f.start, f.end)] if self.kind == "keywords" else found
 
 
 @dataclass

@@ -61,27 +61,28 @@ def _context_boost(entity: str, before: str) -> float:
     return pii.CONTEXT_BOOST if any(word in before for word in pii.CONTEXT.get(entity, ())) else 0.0
 
 
-def _spans(text: str):
-    """(group name, start, end) of each match, in characters. RE2 runs on UTF-8 bytes: handing it
-    bytes is twice as fast as a str (whose offsets the binding converts match by match); outside
-    ASCII, byte offsets become character offsets by decoding the gaps, once, front to back."""
+def spans(pattern, text: str):
+    """(group index, start, end) of each match of an RE2 pattern, in characters. RE2 runs on UTF-8
+    bytes: handing it bytes is twice as fast as a str (whose offsets the binding converts match by
+    match); outside ASCII, byte offsets become character offsets by decoding the gaps, once, front
+    to back (RE2 matches whole code points, so every offset is on a character boundary)."""
     data = text.encode("utf-8", "surrogatepass")
     ascii = len(data) == len(text)
     at_byte = at_char = 0
-    for match in COMBINED.finditer(data):
+    for match in pattern.finditer(data):
         start, end = match.span()
         if not ascii:
             at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
             at_byte = start
             start, end = at_char, at_char + len(data[start:end].decode("utf-8", "surrogatepass"))
-        yield _GROUP_NAMES[match.lastindex], start, end
+        yield match.lastindex, start, end
 
 
 def scan(text: str) -> list[Finding]:
     """Every built-in finding in text, in order, none overlapping."""
     found = []
-    for group, start, end in _spans(text):
-        value = text[start:end]
+    for index, start, end in spans(COMBINED, text):
+        group, value = _GROUP_NAMES[index], text[start:end]
         kind, name = group[0], group[2:]
         if kind == "I":
             weight = injection.weight(name)

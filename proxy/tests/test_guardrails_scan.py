@@ -109,6 +109,8 @@ def test_defaults_and_entities():
 def test_keywords_match_whole_words_case_insensitively():
     r = R.Rule.compile(R.validate({"name": "kw", "kind": "keywords", "words": ["falcon", "C++"]}))
     assert R.mask("Falcon, falconry, c++ and C#", [r]) == "<kw>, falconry, <kw> and C#"
+    assert R.mask("cafés café_x xcafé café", [R.Rule.compile(R.validate(
+        {"name": "w", "kind": "keywords", "words": ["café"]}))]) == "cafés café_x xcafé <w>"
 
 
 def test_risk_grows_with_more_and_worse_findings():
@@ -235,3 +237,9 @@ def test_offsets_are_characters_whatever_the_text(prefix):
 def test_any_characters_at_all(text):
     for f in scan(text + " jane.roe@example.org"):
         assert 0 <= f.start < f.end <= len(text) + 21
+
+
+def test_regex_and_keyword_offsets_outside_ascii():
+    regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"Zürich-\d+", "action": "redact"}))
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["café"], "action": "redact"}))
+    assert R.mask("日本 Zürich-42 😀 and CAFÉ? café!", [regex, words]) == "日本 <t> 😀 and <w>? <w>!"

@@ -27,7 +27,7 @@ PATTERNS = {
     "DELIMITER": (0.5, r"(?i)<\|(?:im_start|im_end|system|endoftext)\|>|\[/?(?:system|INST)\]|"
                   r"</?system>|(?m:^)#{2,3} ?system\b"),
     # An encoded payload (base64); decoded and checked again, see encoded().
-    "ENCODED": (0.3, r"\b[A-Za-z0-9+/]{40,256}={0,2}"),
+    "ENCODED": (0.3, r"\b[A-Za-z0-9+/]{40,252}={0,2}"),
 }
 INJECTION_THRESHOLD = 0.5
 ENCODED_INSTRUCTIONS = 0.9  # a payload that decodes to one of the attacks above

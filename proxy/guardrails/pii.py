@@ -14,8 +14,10 @@ from stdnum import iban, luhn
 
 # Each pattern's longest match is bounded, so a stream needs to hold back only that many characters.
 PATTERNS = {
-    "EMAIL_ADDRESS": r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?){0,4}\.[A-Za-z]{2,24}\b",
+    # At most 178 characters (a 64-character local part, three domain labels of up to 42 and 22, a
+    # TLD): the shorter the longest match, the less a stream holds back.
+    "EMAIL_ADDRESS": r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,40}[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,20}[A-Za-z0-9])?){0,2}\.[A-Za-z]{2,24}\b",
     "IBAN_CODE": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
     "CREDIT_CARD": r"\b(?:[1-6]\d{3})(?:[ \-]?\d{3,4}){2}[ \-]?\d{1,5}(?:[ \-]?\d{1,3})?\b",
     "US_SSN": r"\b\d{3}[ \-.]?\d{2}[ \-.]?\d{4}\b",

@@ -5,13 +5,13 @@ of a request over its texts and says what to block, what to redact before it is 
 to mask in the VASLog (every match of every triggered rule, flag included)."""
 from __future__ import annotations
 
-import re._parser as sre_parse
+import re._parser as re_parser
 from dataclasses import dataclass, field
 
 import re2
 
 from . import injection
-from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, Finding, scan
+from .scan import INJECTION, MAX_SPAN, PII_ENTITIES, SPANS, Finding, scan, spans
 
 KINDS = ("pii", "injection", "regex", "keywords")
 ACTIONS = ("flag", "redact", "block")
@@ -105,18 +105,25 @@ def validate(body) -> dict:
 def _longest(pattern: str) -> int:
     """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back)."""
     try:
-        return min(MAX_SPAN, max(1, sre_parse.parse(pattern).getwidth()[1]))
+        return min(MAX_SPAN, max(1, re_parser.parse(pattern).getwidth()[1]))
     except Exception:  # RE2 syntax Python's parser lacks: assume the cap
         return MAX_SPAN
 
 
 def _keywords(words: list[str]) -> str:
-    def one(word: str) -> str:
-        escaped = re2.escape(word)
-        start = r"\b" if word[0].isalnum() or word[0] == "_" else ""
-        end = r"\b" if word[-1].isalnum() or word[-1] == "_" else ""
-        return start + escaped + end
-    return "(?i)(?:" + "|".join(one(w) for w in sorted(words, key=len, reverse=True)) + ")"
+    # Longest first, so "category" wins over "cat"; whole words are checked after (RE2's \b is ASCII).
+    return "(?i)(?:" + "|".join(re2.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
+
+
+def _word(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def _whole_word(text: str, start: int, end: int) -> bool:
+    """No letter or digit glued to either end of a keyword that begins or ends with one."""
+    before = start > 0 and _word(text[start - 1]) and _word(text[start])
+    after = end < len(text) and _word(text[end]) and _word(text[end - 1])
+    return not (before or after)
 
 
 @dataclass(frozen=True)
@@ -133,13 +140,16 @@ class Rule:
     @classmethod
     def compile(cls, policy: dict) -> "Rule":
         kind = policy["kind"]
-        pattern, span = None, MAX_SPAN
-        if kind == "regex":
+        entities = frozenset(policy["entities"] or PII_ENTITIES)
+        pattern, span = None, SPANS[INJECTION]
+        if kind == "pii":
+            span = max(SPANS[e] for e in entities)
+        elif kind == "regex":
             pattern, span = re2.compile(policy["pattern"]), _longest(policy["pattern"])
         elif kind == "keywords":
             pattern, span = re2.compile(_keywords(policy["words"])), max(len(w) for w in policy["words"])
-        return cls(policy["name"], kind, policy["action"], policy["on"],
-                   frozenset(policy["entities"] or PII_ENTITIES), frozenset(policy["teams"]), pattern, span)
+        return cls(policy["name"], kind, policy["action"], policy["on"], entities, frozenset(policy["teams"]),
+                   pattern, span)
 
     def applies(self, team: str | None, side: str) -> bool:
         return self.on in (side, "both") and (not self.teams or team in self.teams)
@@ -149,7 +159,8 @@ class Rule:
             return [f for f in found if f.entity in self.entities]
         if self.kind == "injection":
             return [f for f in found if f.entity == INJECTION]
-        return [Finding(m.start(), m.end(), self.name, 1.0) for m in self.pattern.finditer(text) if m.end() > m.start()]
+        found = [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
+        return [f for f in found if _whole_word(text, f.start, f.end)] if self.kind == "keywords" else found
 
 
 @dataclass

@@ -6,6 +6,7 @@ then validated and scored by its recogniser. Alternatives earlier in the express
 same position, so the most specific shapes (secrets, e-mails, IBANs) come first."""
 from __future__ import annotations
 
+import re._parser as re_parser
 from dataclasses import dataclass
 
 import re2
@@ -36,6 +37,17 @@ def _alternatives() -> list[tuple[str, str]]:
     return groups
 
 
+def _longest(pattern: str) -> int:
+    return re_parser.parse(pattern).getwidth()[1]
+
+
+# The longest match of each entity (a stream holds back this much for a rule on it): every pattern
+# is bounded, but a private key block, held from its BEGIN line to its END line instead.
+SPANS = {name: _longest(p) for name, p in pii.PATTERNS.items()}
+SPANS["API_KEY"] = max(_longest(p) for name, p in secrets.PATTERNS.items() if name != "PEM")
+SPANS[INJECTION] = max(_longest(p) for _, p in injection.PATTERNS.values())
+assert max(SPANS.values()) <= MAX_SPAN, SPANS
+
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = 64 << 20  # the combined DFA is large; the default 8 MiB would make RE2 fall back to NFA
 COMBINED = re2.compile("|".join(f"(?P<{name}>{p})" for name, p in _alternatives()), options=_OPTIONS)
@@ -49,27 +61,28 @@ def _context_boost(entity: str, before: str) -> float:
     return pii.CONTEXT_BOOST if any(word in before for word in pii.CONTEXT.get(entity, ())) else 0.0
 
 
-def _spans(text: str):
-    """(group name, start, end) of each match, in characters. RE2 runs on UTF-8 bytes: handing it
-    bytes is twice as fast as a str (whose offsets the binding converts match by match); outside
-    ASCII, byte offsets become character offsets by decoding the gaps, once, front to back."""
+def spans(pattern, text: str):
+    """(group index, start, end) of each match of an RE2 pattern, in characters. RE2 runs on UTF-8
+    bytes: handing it bytes is twice as fast as a str (whose offsets the binding converts match by
+    match); outside ASCII, byte offsets become character offsets by decoding the gaps, once, front
+    to back (RE2 matches whole code points, so every offset is on a character boundary)."""
     data = text.encode("utf-8", "surrogatepass")
     ascii = len(data) == len(text)
     at_byte = at_char = 0
-    for match in COMBINED.finditer(data):
+    for match in pattern.finditer(data):
         start, end = match.span()
         if not ascii:
             at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
             at_byte = start
             start, end = at_char, at_char + len(data[start:end].decode("utf-8", "surrogatepass"))
-        yield _GROUP_NAMES[match.lastindex], start, end
+        yield match.lastindex, start, end
 
 
 def scan(text: str) -> list[Finding]:
     """Every built-in finding in text, in order, none overlapping."""
     found = []
-    for group, start, end in _spans(text):
-        value = text[start:end]
+    for index, start, end in spans(COMBINED, text):
+        group, value = _GROUP_NAMES[index], text[start:end]
         kind, name = group[0], group[2:]
         if kind == "I":
             weight = injection.weight(name)

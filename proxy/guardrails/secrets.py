@@ -5,12 +5,12 @@ from __future__ import annotations
 PEM_BEGIN = "-----BEGIN "
 PEM_END = r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----"
 PATTERNS = {
-    "ANTHROPIC": r"\bsk-ant-[A-Za-z0-9_\-]{20,200}",
-    "OPENAI": r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,200}",
+    "ANTHROPIC": r"\bsk-ant-[A-Za-z0-9_\-]{20,160}",
+    "OPENAI": r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,160}",
     "GOOGLE": r"\bAIza[0-9A-Za-z_\-]{35}",
     "AWS": r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b",
-    "GITHUB": r"\bgh[pousr]_[A-Za-z0-9]{36,200}|\bgithub_pat_[A-Za-z0-9_]{22,200}",
-    "SLACK": r"\bxox[abposr]-[A-Za-z0-9\-]{10,200}",
+    "GITHUB": r"\bgh[pousr]_[A-Za-z0-9]{36,120}|\bgithub_pat_[A-Za-z0-9_]{22,120}",
+    "SLACK": r"\bxox[abposr]-[A-Za-z0-9\-]{10,120}",
     # Held in a stream from its BEGIN line to its END line, however long.
     "PEM": r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY-----[\s\S]*?" + PEM_END,
 }

@@ -1,7 +1,7 @@
 """The sliding window a streamed text passes through when a redact or block rule watches it.
 
-Everything but the last `hold` characters (the longest match a rule can make) is released as it
-comes, redacted; a match that might still grow is held whole, and an open private key block is
+Everything but the last `hold` characters (the longest match a rule can make) is released,
+redacted, in steps of up to 64 characters (never more than 256 held); a match that might still grow is held whole, and an open private key block is
 held from its BEGIN line to its END line. Checking each chunk alone would leak a value split
 across two chunks (LiteLLM's bug); this never releases a character a later match could include."""
 from __future__ import annotations
@@ -10,12 +10,13 @@ import re2
 
 from . import injection, secrets
 from .rules import Rule, replace
-from .scan import INJECTION, scan
+from .scan import INJECTION, MAX_SPAN, scan
 
 _PEM_END = re2.compile(secrets.PEM_END)
 # API keys are checked to hold a digit (api_key()); e-mails an '@', IPv6 a ':', the rest digits.
 _TRIGGER = re2.compile(r"[0-9@:]|-----")
-CONTEXT_KEEP = 64  # released characters kept for the context words just before a match
+CONTEXT_KEEP = 64
+BATCH = 64  # released characters kept for the context words just before a match
 
 
 def _private_key_header(text: str, begin: int) -> bool:
@@ -35,6 +36,9 @@ class Window:
     def __init__(self, rules: list[Rule], record: dict, triggered: set, heuristics: dict):
         self.rules = rules
         self.hold = max(rule.span for rule in rules)
+        # A scan costs the same for 1 character released as for 64: release in steps of up to 64,
+        # never holding more than MAX_SPAN (256) characters.
+        self.batch = max(0, min(BATCH, MAX_SPAN - self.hold))
         self.scans = any(rule.kind in ("pii", "injection") for rule in rules)
         self.digits_only = all(rule.kind == "pii" for rule in rules)
         # Shared with the other windows of the answer: counts by (type, action), rules triggered.
@@ -45,8 +49,8 @@ class Window:
     def feed(self, text: str, final: bool = False) -> str:
         """The text that can go out now, redacted; raises Blocked for a block rule's match."""
         self.buffer += text
-        if not self.buffer or (not final and len(self.buffer) <= self.hold):
-            return ""  # nothing can go out yet: no need to look
+        if not self.buffer or (not final and len(self.buffer) <= self.hold + self.batch):
+            return ""  # nothing to release yet (or not enough to be worth a scan)
         base = len(self.context)
         whole = self.context + self.buffer
         cut = len(whole) if final else max(base, len(whole) - self.hold)

@@ -50,35 +50,36 @@ class GuardState:
     blocked_by: str = ""
 
 
+def _dicts(value) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _arguments(calls) -> list[tuple[dict, str, bool]]:
+    functions = (call.get("function") for call in _dicts(calls))
+    return [(f, "arguments", True) for f in functions if isinstance(f, dict) and isinstance(f.get("arguments"), str)]
+
+
 def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
     """(container, key, untrusted) of every text in the messages: contents, text parts, tool arguments."""
     slots = []
-    for message in chat.get("messages") or ():
+    for message in _dicts(chat.get("messages")):
         untrusted = message.get("role") not in ("system", "developer")
         content = message.get("content")
         if isinstance(content, str):
             slots.append((message, "content", untrusted))
-        elif isinstance(content, list):
-            slots += [(part, "text", untrusted) for part in content
-                      if isinstance(part, dict) and isinstance(part.get("text"), str)]
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                slots.append((function, "arguments", untrusted))
+        slots += [(part, "text", untrusted) for part in _dicts(content) if isinstance(part.get("text"), str)]
+        slots += [(holder, key, untrusted) for holder, key, _ in _arguments(message.get("tool_calls"))]
     return slots
 
 
 def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:
     slots = []
-    for choice in response.get("choices") or ():
-        message = choice.get("message") or {}
-        for key in ("content", "refusal"):
-            if isinstance(message.get(key), str):
-                slots.append((message, key, True))
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
-            if isinstance(function.get("arguments"), str):
-                slots.append((function, "arguments", True))
+    for choice in _dicts(response.get("choices")):
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            continue
+        slots += [(message, key, True) for key in ("content", "refusal") if isinstance(message.get(key), str)]
+        slots += _arguments(message.get("tool_calls"))
     return slots
 
 

@@ -4,6 +4,8 @@ import json
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk
 
@@ -105,3 +107,22 @@ def test_a_refusal_is_windowed_like_content():
               delta(0, "stop")]
     final, _ = run(GuardrailsPolicy(Rules(REDACT)), chunks)
     assert final.choices[0].message.refusal == "I will not mail <EMAIL_ADDRESS>."
+
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                           st.sampled_from(["role", "content", "text", "type", "tool_calls", "function",
+                                            "arguments", "name"]), inner, max_size=4), max_leaves=20)
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["role", "content", "tool_calls", "name"]), JSONISH, max_size=4),
+                max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_any_message_shape_is_checked_without_failing(messages):
+    from proxy.policies.guardrails import _check, answer_slots, masked, prompt_slots
+
+    rules = Rules(REDACT, {"name": "inj", "kind": "injection", "action": "flag"}).rules
+    verdict = _check(rules, prompt_slots({"messages": messages}))
+    assert verdict.block is None
+    masked(messages, rules)
+    _check(rules, answer_slots({"choices": [{"message": m} for m in messages if isinstance(m, dict)]}))

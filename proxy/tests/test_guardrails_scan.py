@@ -109,6 +109,8 @@ def test_defaults_and_entities():
 def test_keywords_match_whole_words_case_insensitively():
     r = R.Rule.compile(R.validate({"name": "kw", "kind": "keywords", "words": ["falcon", "C++"]}))
     assert R.mask("Falcon, falconry, c++ and C#", [r]) == "<kw>, falconry, <kw> and C#"
+    assert R.mask("cafés café_x xcafé café", [R.Rule.compile(R.validate(
+        {"name": "w", "kind": "keywords", "words": ["café"]}))]) == "cafés café_x xcafé <w>"
 
 
 def test_risk_grows_with_more_and_worse_findings():
@@ -161,25 +163,42 @@ def streamed(rules, text, cuts):
     return out
 
 
-@given(st.lists(st.tuples(FILLER, st.sampled_from(SECRETS)), min_size=1, max_size=4), st.data())
-@settings(max_examples=150, deadline=None)
-def test_the_window_redacts_as_the_whole_text_would_however_it_is_split(parts, data):
+ENTITY_SETS = [[], ["CREDIT_CARD"], ["EMAIL_ADDRESS", "PHONE_NUMBER"], ["API_KEY"], ["US_SSN", "IBAN_CODE"]]
+
+
+@given(st.lists(st.tuples(FILLER, st.sampled_from(SECRETS)), min_size=1, max_size=4), st.data(),
+       st.sampled_from(ENTITY_SETS))
+@settings(max_examples=250, deadline=None)
+def test_the_window_redacts_as_the_whole_text_would_however_it_is_split(parts, data, entities):
     text = "".join(filler + " " + secret + " " for filler, secret in parts)
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12))
-    rules = [rule()]
+    rules = [rule(entities=entities)]
     out = streamed(rules, text, cuts)
     assert "".join(out) == R.mask(text, rules)
-    assert all(s not in "".join(out) for s in ("jane.roe", "1111 1111", "555-2671", "Zx81Qw7"))
+    if not entities:
+        assert all(s not in "".join(out) for s in ("jane.roe", "1111 1111", "555-2671", "Zx81Qw7"))
 
 
-def test_the_window_holds_back_at_most_the_span():
-    window = Window([rule()], {}, set(), {})
-    released = "".join(window.feed(c) for c in "word " * 200)
-    assert len("word " * 200) - len(released) <= MAX_SPAN
+def test_each_pattern_is_bounded_by_the_hold():
+    from proxy.guardrails.scan import SPANS
+
+    assert max(SPANS.values()) <= MAX_SPAN
+    assert rule(entities=["CREDIT_CARD"]).span == SPANS["CREDIT_CARD"] < 30  # a cards-only stream waits little
+    assert rule().span == max(SPANS[e] for e in SPANS if e != INJECTION)
+
+
+def test_the_window_holds_back_the_span_plus_a_batch_never_more_than_256():
+    from proxy.guardrails.stream import BATCH
+
     regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"TCK-\d{6}", "action": "redact"}))
-    window = Window([regex], {}, set(), {})
-    released = "".join(window.feed(c) for c in "word " * 20)
-    assert len("word " * 20) - len(released) <= 10  # the regex's longest match
+    for rules, most in (([rule()], MAX_SPAN), ([regex], 10 + BATCH), ([rule(entities=["CREDIT_CARD"])], 24 + BATCH)):
+        window = Window(rules, {}, set(), {})
+        released, sent = "", ""
+        for c in "word " * 200:
+            sent += c
+            released += window.feed(c)
+            assert len(sent) - len(released) <= most
+        assert len(sent) - len(released) >= rules[0].span  # and it did hold back
 
 
 def test_the_window_holds_a_private_key_block_whole():
@@ -218,3 +237,9 @@ def test_offsets_are_characters_whatever_the_text(prefix):
 def test_any_characters_at_all(text):
     for f in scan(text + " jane.roe@example.org"):
         assert 0 <= f.start < f.end <= len(text) + 21
+
+
+def test_regex_and_keyword_offsets_outside_ascii():
+    regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"Zürich-\d+", "action": "redact"}))
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["café"], "action": "redact"}))
+    assert R.mask("日本 Zürich-42 😀 and CAFÉ? café!", [regex, words]) == "日本 <t> 😀 and <w>? <w>!"

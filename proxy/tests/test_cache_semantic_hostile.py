@@ -69,8 +69,9 @@ async def test_the_model_loads_once_off_the_event_loop(monkeypatch):
     ticker.cancel()
     assert len(loads) == 1 and loads[0].startswith("smartflow-embed")
     assert threads and all(name.startswith("smartflow-embed") for name in threads)
-    # The real load holds the GIL ~0.1 s (its Rust and numpy parts); the wait is off the loop.
-    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.5
+    # The real load holds the GIL ~0.1 s (its Rust and numpy parts); the 1 s wait is off the loop
+    # (on a busy machine the gap may reach several tenths, never the second a blocked loop shows).
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.9
     assert (await index.search("s3", "What's the capital of France?"))[0] == "k3"
 
 

@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import MASTER_KEY
+from conftest import MASTER_KEY, wait_for
 from proxy.routing_policies import spec
 
 CHAT = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}
@@ -225,14 +225,15 @@ def test_a_policy_changed_while_traffic_flows(routing_policy, gateway, settings)
     workers = [threading.Thread(target=traffic) for _ in range(3)]
     for worker in workers:
         worker.start()
-    time.sleep(0.3)
+    # Waits on answers, not on the clock: a busy machine may serve few requests in a second.
+    wait_for(lambda: len(seen) >= 3, timeout=20)
     # Written straight to the database, as another process would: no invalidation here.
     RoutingPolicy.objects.filter(name="live").update(targets=SPLIT[1:])
     changed = time.monotonic()
-    time.sleep(1.0)
+    wait_for(lambda: len([t for t, _, _ in seen if t > changed + 0.5]) >= 3, timeout=20)
     RoutingPolicy.objects.filter(name="live").delete()
     deleted = time.monotonic()
-    time.sleep(1.0)
+    wait_for(lambda: len([t for t, _, _ in seen if t > deleted + 0.5]) >= 3, timeout=20)
     stop.set()
     for worker in workers:
         worker.join()

@@ -233,9 +233,12 @@ def test_budget_reserves_settles_refuses_at_the_cap_and_rolls_over(limited, gate
     team.refresh_from_db()
     assert team.spent_usd == Decimal("0.00012")  # the stored copy followed, off the request path
     clock.now += 100  # midnight: a new period, no restart
-    assert post(gateway, raw, chat(max_tokens=5)).status_code == 200
     listed = {t["name"]: t for t in management_client.get("/api/teams").json()["data"]}[team.name]
-    assert wait_for(lambda: management_client.get("/api/teams").json()["data"]) and listed["spent_usd"] in (0, 0.00006)
+    assert listed["spent_usd"] == 0
+    assert post(gateway, raw, chat(max_tokens=5)).status_code == 200
+    settled(limits.spend_key(f"t{team.pk}", limits.period_of("daily", clock.now)[0]), 60_000)
+    listed = {t["name"]: t for t in management_client.get("/api/teams").json()["data"]}[team.name]
+    assert listed["spent_usd"] == pytest.approx(0.00006)
     assert len(fake_upstream.requests) == 3
 
 

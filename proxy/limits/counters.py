@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.25
-MAX_CONNECTIONS = 4096  # per process and event loop
+MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
 MAX_AMOUNT = 2**53
@@ -160,19 +160,20 @@ class RedisCounters:
         self.url = url
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (reserve, settle, client): redis.asyncio binds to its loop
+        self._async: dict = {}  # event loop -> (reserve, settle, semaphore): redis.asyncio binds to its loop
         self._sync = None
 
     def _scripts(self):
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            # redis-py's default pool refuses a 101st connection, which would fail a burst open;
-            # its blocking pool costs ~20 us a call in locking. A large plain pool: each request
-            # in flight has its own connection, kept for the next ones.
+            # At most MAX_CONNECTIONS calls at once, the others wait their turn: redis-py's pool
+            # would refuse the 101st (failing a burst open), its blocking pool costs ~20 us a call,
+            # and hundreds of connects at once time out. A semaphore's free path is nearly free.
             client = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS, socket_timeout=SOCKET_TIMEOUT_S,
                                              socket_connect_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
-            found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE), client)
+            found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE),
+                                         asyncio.Semaphore(MAX_CONNECTIONS))
         return found
 
     def _check(self):
@@ -192,8 +193,13 @@ class RedisCounters:
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
+        reserve, _, turns = self._scripts()
         try:
-            answer = await self._scripts()[0](keys=[c.key for c in counters], args=args)
+            async with turns:
+                self._check()  # it may have failed while this call waited its turn
+                answer = await reserve(keys=[c.key for c in counters], args=args)
+        except CountersDown:
+            raise
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
         if answer[0] == 0:
@@ -205,8 +211,13 @@ class RedisCounters:
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
+        _, settle, turns = self._scripts()
         try:
-            await self._scripts()[1](keys=[item[0] for item in items], args=args)
+            async with turns:
+                self._check()
+                await settle(keys=[item[0] for item in items], args=args)
+        except CountersDown:
+            raise
         except Exception as exc:
             self._down(exc)
 

@@ -447,3 +447,30 @@ def test_hostile_output_caps_and_prompts_get_clean_answers(limited, gateway, fak
         r = post(gateway, raw, body)
         assert r.status_code in (200, 400, 429), r.text
         assert r.headers["content-type"].startswith("application/json")
+
+
+def test_the_admin_edits_limits_and_prices_and_the_gateway_follows(limited, gateway, master_key, fake_upstream):
+    import re
+
+    from proxy import prices
+    from proxy.models import ModelPrice
+    from sso.tests.test_key_sessions import signed_in
+
+    raw, team = limited(budget_cap_usd=Decimal("1"))
+    assert post(gateway, raw, chat()).status_code == 200
+    with signed_in(gateway, master_key) as admin:
+        assert admin.get("/admin/proxy/team/").status_code == 200  # the list syncs the live spend
+        form = admin.get("/admin/proxy/modelprice/add/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        r = admin.post("/admin/proxy/modelprice/add/", data={
+            "csrfmiddlewaretoken": token, "provider": "openai", "model": "gpt-9-experimental",
+            "input_usd_per_mtok": "1", "output_usd_per_mtok": "2", "cache_read_usd_per_mtok": "",
+            "cache_write_usd_per_mtok": ""}, follow_redirects=False)
+        assert r.status_code == 302, r.text
+        assert admin.get("/admin/proxy/virtualkey/").status_code == 200
+    assert ModelPrice.objects.filter(model="gpt-9-experimental").exists()
+    team.refresh_from_db()
+    assert team.spent_usd == Decimal("0.00006")
+    # Reloaded on the next request (stale while it reloads): no longer unpriced, so the budget allows it.
+    wait_for(lambda: post(gateway, raw, {**chat(), "model": "gpt-9-experimental"}).status_code == 200)
+    assert prices.table.last().lookup("openai", "gpt-9-experimental").output == 2

@@ -17,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
 import redis.asyncio as aioredis
+
+from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
@@ -151,7 +152,7 @@ end
 """
 
 
-class RedisCounters:
+class RedisCounters(SyncRedis):
     """Counters shared by every gateway process on one Redis."""
 
     backend = "redis"
@@ -221,11 +222,6 @@ class RedisCounters:
         except Exception as exc:
             self._down(exc)
 
-    def sync(self):
-        if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        return self._sync
-
     def used(self, keys: list[str]) -> list[int]:
         """Settled amounts (management API, off the request path)."""
         if not keys:
@@ -235,12 +231,6 @@ class RedisCounters:
             pipe.hget(key, "used")
         return [int(v or 0) for v in pipe.execute()]
 
-    def status(self) -> dict:
-        try:
-            self.sync().ping()
-        except Exception as exc:
-            return {"ok": False, "backend": self.backend, "error": type(exc).__name__}
-        return {"ok": True, "backend": self.backend}
 
 
 def _fail_open() -> bool:

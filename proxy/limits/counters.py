@@ -23,7 +23,8 @@ from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
-SOCKET_TIMEOUT_S = 0.25
+SOCKET_TIMEOUT_S = 0.5  # a call; a Redis that hangs costs the requests waiting on it this once, then the back-off
+CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
 MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
@@ -172,7 +173,7 @@ class RedisCounters(SyncRedis):
             # would refuse the 101st (failing a burst open), its blocking pool costs ~20 us a call,
             # and hundreds of connects at once time out. A semaphore's free path is nearly free.
             client = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
+                                             socket_connect_timeout=CONNECT_TIMEOUT_S, retry_on_timeout=False)
             found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE),
                                          asyncio.Semaphore(MAX_CONNECTIONS))
         return found

@@ -12,6 +12,8 @@ from collections import OrderedDict
 
 from django.conf import settings
 
+from proxy.redis_sync import SyncRedis
+
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.25
@@ -96,7 +98,7 @@ return {redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0')
 """
 
 
-class RedisStore:
+class RedisStore(SyncRedis):
     backend = "redis"
 
     def __init__(self, url: str, prefix: str):
@@ -148,13 +150,6 @@ class RedisStore:
         except Exception as exc:
             self._down(exc)
 
-    def sync(self):
-        if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        return self._sync
-
     def stats(self) -> dict:
         try:
             entries, size = self.sync().eval(_STATS, 3, self.sizes, self.expiry, self.total, time.time())
@@ -168,14 +163,6 @@ class RedisStore:
         for start in range(0, len(keys), 1000):
             client.delete(*(self.entry(k) for k in keys[start:start + 1000]))
         client.delete(self.sizes, self.expiry, self.total)
-
-    def status(self) -> dict:
-        """For /health: a ping (from the health check's thread)."""
-        try:
-            self.sync().ping()
-        except Exception as exc:
-            return {"ok": False, "backend": self.backend, "error": type(exc).__name__}
-        return {"ok": True, "backend": self.backend}
 
 
 _current: tuple | None = None

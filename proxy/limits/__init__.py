@@ -57,7 +57,8 @@ def period_of(period: str, now: float) -> tuple[str, float | None]:
         end = start.timestamp() + 86400
         return f"d{at:%Y%m%d}", end - now
     first = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)
+    year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
+    following = first.replace(year=year, month=month)
     return f"m{at:%Y%m}", following.timestamp() - now
 
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
 
@@ -44,12 +44,6 @@ class Held:
     unlimited: tuple | None = None  # (key id, team id, period): no limit at all, spend keys made if it cost
 
 
-@dataclass
-class LimitsState:
-    held: Held | None = None
-    headers: dict = field(default_factory=dict)
-
-
 class LimitsPolicy(Policy):
     name = "limits"
 
@@ -63,8 +57,7 @@ class LimitsPolicy(Policy):
             return None
         lim: limits.Limits = principal.limits
         if not lim.any:  # the common case: only the spend is counted, after the answer
-            ex.state["limits"] = LimitsState(Held(None, [], [], [], unlimited=(principal.key_id, principal.team_id,
-                                                                                 lim.period)))
+            ex.state["limits"] = Held(None, [], [], [], unlimited=(principal.key_id, principal.team_id, lim.period))
             return None
         call = ex.call
         now = limits.clock()
@@ -106,11 +99,7 @@ class LimitsPolicy(Policy):
                 kinds.append(("spend", who))
             else:
                 spend_keys.append(spend)
-        state = ex.state["limits"] = LimitsState()
         held = Held(None, counters, kinds, [0] * len(counters), prompt, tuple(spend_keys), period_ttl)
-        if not counters:
-            state.held = held
-            return None
         backend = store.current()
         try:
             try:
@@ -133,7 +122,7 @@ class LimitsPolicy(Policy):
         finally:
             ex.trace.stage("limits")
         held.backend, held.held = backend, [h for h, _ in results]
-        state.held = held
+        ex.state["limits"] = held  # settled in the log phase, whatever happens next
         ex.out.update(self._headers(counters, kinds, results, None))
         return None
 
@@ -185,10 +174,10 @@ class LimitsPolicy(Policy):
                            retry_after=None if rollover is None else max(1, math.ceil(rollover)))
 
     def log(self, ex: Exchange) -> None:
-        state = ex.state.get("limits")
-        if state is None or state.held is None:
+        held = ex.state.get("limits")
+        if held is None:  # the master key, refused, or failed before the limits
             return
-        held, trace = state.held, ex.trace
+        trace = ex.trace
         tokens, cost = used(trace, held.prompt)
         items = []
         for counter, (kind, _), amount in zip(held.counters, held.kinds, held.held):

@@ -273,3 +273,36 @@ def test_huge_amounts_and_round_powers_of_ten_stay_integers(counters):
         await counters.settle([(spend, results[0][0], 10**15, 60), (tokens_key, 10**6, 10, 60)])
         assert counters.used([spend, tokens_key]) == [10**15, 10]
     asyncio.run(main())
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+@hsettings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["reserve", "settle"]), st.integers(0, 2),
+                          st.one_of(st.none(), st.integers(0, 50)), st.integers(0, 30), st.integers(0, 40),
+                          st.integers(0, 3)), min_size=1, max_size=25))
+def test_the_lua_script_and_the_in_process_counters_agree(ops):
+    """The same sequence of reservations and settlements on both backends gives the same answers."""
+    run = uuid.uuid4().hex
+    names = [f"test-limits-eq-{run}-{i}" for i in range(3)]
+    memory, shared = MemoryCounters(), RedisCounters(REDIS)
+
+    async def apply(backend):
+        answers, holds = [], []
+        for op, index, limit, need, hold, use in ops:
+            counter = Counter(names[index], limit, need, hold, use, 60)
+            if op == "reserve":
+                try:
+                    result = await backend.reserve([counter, Counter(names[(index + 1) % 3], None, 0, 1, 0, 60)])
+                    holds.append((names[index], result[0][0]))
+                    answers.append(("ok", result))
+                except Refused as refused:
+                    answers.append(("refused", refused.index, refused.current))
+            elif holds:
+                key, held = holds.pop(0)
+                await backend.settle([(key, held, need, 60)])
+                answers.append(("settled",))
+        return answers, backend.used(names)
+    assert asyncio.run(apply(memory)) == asyncio.run(apply(shared))
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(*names)

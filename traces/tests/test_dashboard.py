@@ -270,3 +270,14 @@ def test_the_overview_shows_a_stored_cache_meta(page, gateway):
     for expected in ("b7e1d2c3a4f5", "1 h 2 min", "2 h 0 min", "$0.50"):
         assert expected in text, expected
     assert "Similarity" not in text and "semantic hit" not in pane.text_content()  # an exact hit
+
+
+def test_an_unpriced_request_shows_unpriced_not_zero(page, gateway):
+    unpriced, free = make_log(cost_usd="0", unpriced=True, upstream_model="gpt-9-experimental"), \
+        make_log(cost_usd="0", provider="ollama", upstream_model="llama3.3")
+    VASLog.objects.bulk_create([unpriced, free])
+    open_page(page, gateway)
+    assert "unpriced" in page.locator(f'tr.row[data-id="{unpriced.id}"]').text_content()
+    assert "unpriced" not in page.locator(f'tr.row[data-id="{free.id}"]').text_content() and "$0" in \
+        page.locator(f'tr.row[data-id="{free.id}"]').text_content()
+    assert "unpriced" in overview_of(page, unpriced.id).text_content()

@@ -243,3 +243,45 @@ def test_regex_and_keyword_offsets_outside_ascii():
     regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"Zürich-\d+", "action": "redact"}))
     words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["café"], "action": "redact"}))
     assert R.mask("日本 Zürich-42 😀 and CAFÉ? café!", [regex, words]) == "日本 <t> 😀 and <w>? <w>!"
+
+
+# A rejected candidate never hides another entity's match (review of issue 11, finding 1).
+HIDDEN = [
+    ("https://github.com/acme/infrastructure/blob/main/deployment/ghp_aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3",
+     "ghp_aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3"),
+    ("pay +4111111111111111", "4111111111111111"),
+    ("Q" * 30 + "+AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("a:b:123-45-6780", "123-45-6780"),
+    ("https://example.com/aGVsbG8gd29ybGQgdGhpcyBpcyBh/sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK",
+     "sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK"),
+]
+
+
+@pytest.mark.parametrize("text, value", HIDDEN)
+def test_a_rejected_candidate_never_hides_a_value(text, value):
+    assert value in [text[f.start:f.end] for f in scan(text)]
+    assert value not in R.mask(text, [rule()])
+
+
+# One value of every entity; each must be found after any prefix of URL-, path- and base64-like text.
+VALUES = {"EMAIL_ADDRESS": "jane.roe@example.org", "PHONE_NUMBER": "+44 20 7946 0958",
+          "CREDIT_CARD": "4111111111111111", "IBAN_CODE": "GB82WEST12345698765432", "US_SSN": "078-05-1121",
+          "IP_ADDRESS": "192.168.10.24", "API_KEY": "AKIAIOSFODNN7EXAMPLE",
+          "OPENAI": "sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK", "GITHUB": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+          "GOOGLE": "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "SLACK": "xoxb-123456789012-1234567890123-AbCdEfGhIjKl"}
+
+
+@given(st.text(alphabet="ABCabcxyz0123456789+/:.-", max_size=300), st.sampled_from(" +/:.-"),
+       st.sampled_from(sorted(VALUES)))
+@settings(max_examples=600, deadline=None)
+def test_any_entity_after_any_prefix_is_still_found(prefix, separator, name):
+    value = VALUES[name]
+    if name == "PHONE_NUMBER" and separator in "/.":
+        separator = " "  # "/+44…", ".+44…": a path or a version, never a phone number (phone_number())
+    text = prefix + separator + value
+    start = len(prefix) + 1
+    found = scan(text)
+    # Found where it is (an e-mail's local part may take in the prefix before it), or else every
+    # one of its characters is inside another finding: it never goes out whole.
+    covered = any(f.start <= start and f.end >= len(text) for f in found)
+    assert covered or value not in R.mask(text, [rule()]), (text, found)

@@ -102,25 +102,45 @@ def masked(value, rules: list):
     return value
 
 
+def _state(ex: Exchange, rules: list) -> GuardState:
+    if not rules:
+        return _EMPTY  # nothing in it changes when no rule applies
+    team = ex.principal.team
+    prompt, response = [r for r in rules if r.applies(team, "prompt")], [r for r in rules if r.applies(team, "response")]
+    if not (prompt or response):
+        return _EMPTY
+    state = GuardState(prompt, response)
+    state.stream_rules = [r for r in state.response_rules if r.action in ("redact", "block")]
+    return state
+
+
+_NONE: list = []  # shared, never changed: no rows cost no list per request
+_EMPTY = GuardState(_NONE, _NONE)
+# Before the first snapshot load there are no rules to go by: the VASLog masks every built-in entity.
+_EVERY_ENTITY = [R.Rule.compile(R.validate({"name": "unchecked", "kind": "pii", "action": "flag"}))]
+
+
 class GuardrailsPolicy(Policy):
     name = "guardrails"
 
     def __init__(self, snapshot=None):
         self.snapshot = snapshot or policies
 
-    async def _rules(self, ex: Exchange) -> tuple[list, list]:
-        team = ex.principal.team
-        rules = await self.snapshot.get()
-        return ([r for r in rules if r.applies(team, "prompt")], [r for r in rules if r.applies(team, "response")])
+    async def _state(self, ex: Exchange) -> GuardState:
+        """The rules that apply to this request, read from the snapshot once (passthrough and request
+        see the same ones: a refresh in between cannot make a native request skip redaction)."""
+        state = ex.state.get("guardrails")
+        if state is None:
+            state = ex.state["guardrails"] = _state(ex, await self.snapshot.get())
+        return state
 
     async def passthrough(self, ex: Exchange) -> bool:
-        prompt, response = await self._rules(ex)
-        return not (prompt or response)
+        state = await self._state(ex)
+        return not (state.prompt_rules or state.response_rules)
 
     async def request(self, ex: Exchange):
-        prompt_rules, response_rules = await self._rules(ex)
-        state = ex.state["guardrails"] = GuardState(prompt_rules, response_rules)
-        state.stream_rules = [r for r in response_rules if r.action in ("redact", "block")]
+        state = await self._state(ex)
+        prompt_rules = state.prompt_rules
         if not prompt_rules:
             return None
         call = ex.call
@@ -200,10 +220,23 @@ class GuardrailsPolicy(Policy):
             ex.out["x-smartflow-compliance"] = "flagged"
 
     def log(self, ex: Exchange) -> None:
-        state = ex.state.get("guardrails")
-        if state is None:
+        state, trace = ex.state.get("guardrails"), ex.trace
+        if state is None:  # the request failed before the policies ran (a bad header, no provider key)
+            rules = self.snapshot.last()
+            if rules is None:
+                if trace.fields.get("prompt") is not None:
+                    trace.set(prompt=masked(trace.fields["prompt"], _EVERY_ENTITY))
+                return
+            state = _state(ex, rules)
+        if state is _EMPTY:
+            trace.set(compliance="pass", guardrails={"policies": [], "pii": [], "risk_score": 0.0})
             return
-        trace = ex.trace
+        if state.prompt is None and state.prompt_rules and isinstance(trace.fields.get("prompt"), list):
+            # Its prompt is in the VASLog all the same: checked here, so no matched text is kept.
+            slots = prompt_slots({"messages": trace.fields["prompt"]})
+            state.prompt = R.evaluate(state.prompt_rules, [(h[k], untrusted) for h, k, untrusted in slots])
+            if state.prompt.block is not None:
+                state.blocked_by = state.prompt.block.name
         if ex.call is not None and ex.call.is_stream and state.response_rules:
             state.response = _stream_verdict(state, trace.fields.get("response"))
         sides = [(side, v) for side, v in (("prompt", state.prompt), ("response", state.response)) if v is not None]

@@ -440,3 +440,27 @@ def test_the_cache_key_is_the_redacted_prompt(gateway, guard, sdk, settings, fak
         assert "bob@" not in json.dumps(log_for(gateway, raw.headers["x-smartflow-request-id"]).prompt)
     finally:
         stores.current().clear()
+
+
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
+def test_a_request_refused_before_the_policies_run_leaves_no_key_in_the_vaslog(gateway, guard, sdk, claude,
+                                                                            fake_upstream, client):
+    """An unknown x-smartflow-policy is refused by routing before the guardrails' request phase:
+    the VASLog's prompt is checked and masked all the same."""
+    guard(name="no-secrets", entities=["API_KEY"], action="block", on="prompt")
+    headers = {"x-smartflow-policy": "nope"}
+    if client == "openai":
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk.chat.completions.create(model="gpt-4.1", messages=user(f"use key {OPENAI_KEY} please"),
+                                        extra_headers=headers)
+    else:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            claude.messages.create(model="claude-sonnet-4-5", max_tokens=50,
+                                   messages=user(f"use key {OPENAI_KEY} please"), extra_headers=headers)
+    assert err.value.status_code == 400 and "x-smartflow-policy" in str(err.value)
+    log = log_for(gateway, err.value.response.headers["x-smartflow-request-id"])
+    assert OPENAI_KEY not in json.dumps(log.prompt) and "<API_KEY>" in json.dumps(log.prompt)
+    assert log.compliance == "blocked"
+    assert log.guardrails["policies"] == [{"name": "no-secrets", "action": "block", "triggered": True}]
+    assert log.guardrails["pii"] == [{"type": "API_KEY", "where": "prompt", "action": "block", "count": 1}]
+    assert calls(fake_upstream) == 0

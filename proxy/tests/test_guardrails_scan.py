@@ -285,3 +285,13 @@ def test_any_entity_after_any_prefix_is_still_found(prefix, separator, name):
     # one of its characters is inside another finding: it never goes out whole.
     covered = any(f.start <= start and f.end >= len(text) for f in found)
     assert covered or value not in R.mask(text, [rule()]), (text, found)
+
+
+def test_a_certificate_inside_an_open_private_key_block_does_not_release_the_key():
+    window = Window([rule()], {}, set(), {})
+    body = "MIIEowIBAAKCAQEA7" * 30
+    text = ("-----BEGIN RSA PRIVATE KEY-----\n" + body + "\n-----BEGIN CERTIFICATE-----\n" + "Q" * 400
+            + "\n-----END RSA PRIVATE KEY-----\nbye")
+    out = [window.feed(text[i:i + 7]) for i in range(0, len(text), 7)]
+    assert not any("MIIE" in piece for piece in out)
+    assert "".join(out) + window.feed("", final=True) == "<API_KEY>\nbye"

@@ -103,7 +103,10 @@ def validate(body) -> dict:
 
 
 def _longest(pattern: str) -> int:
-    """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back)."""
+    """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back). Python's
+    parser reads "{,n}" as 0 to n repeats, RE2 as the literal text: where they may differ, the cap."""
+    if "{," in pattern:
+        return MAX_SPAN
     try:
         return min(MAX_SPAN, max(1, re_parser.parse(pattern).getwidth()[1]))
     except Exception:  # RE2 syntax Python's parser lacks: assume the cap

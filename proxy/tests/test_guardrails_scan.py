@@ -295,3 +295,33 @@ def test_a_certificate_inside_an_open_private_key_block_does_not_release_the_key
     out = [window.feed(text[i:i + 7]) for i in range(0, len(text), 7)]
     assert not any("MIIE" in piece for piece in out)
     assert "".join(out) + window.feed("", final=True) == "<API_KEY>\nbye"
+
+
+def test_a_regex_python_reads_otherwise_than_re2_holds_the_cap():
+    # Python's sre: "[a-z]{,1}" is 0-1 letters (width 2 with the x); RE2: the literal text "{,1}".
+    regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"x[a-z]{,1}", "action": "redact"}))
+    assert regex.span == MAX_SPAN
+    text = "before xa{,1} after " + "w" * 300
+    out = streamed([regex], text, range(0, len(text), 3))
+    assert "".join(out) == R.mask(text, [regex]) == "before <t> after " + "w" * 300
+    assert not any("{," in piece for piece in out)
+
+
+@pytest.mark.parametrize("words, text, masked", [
+    (["café"], "un café, des cafés, CAFÉ!", "un <w>, des cafés, <w>!"),
+    (["секрет"], "это секрет; СЕКРЕТ. секреты", "это <w>; <w>. секреты"),
+    (["项目X"], "代号 项目X 和 项目XY", "代号 <w> 和 项目XY"),
+])
+def test_keywords_starting_or_ending_outside_ascii_are_whole_words(words, text, masked):
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": words, "action": "redact"}))
+    assert R.mask(text, [words]) == masked
+
+
+def test_a_300_character_email_streamed_in_7_character_chunks_never_comes_out_whole():
+    from proxy.guardrails.scan import SPANS
+
+    address = "a" * 60 + "." + "b" * 110 + "@" + "c" * 40 + "." + "d" * 20 + "." + "e" * 20 + "." + "f" * 30 + ".com"
+    assert len(address) >= 280 and SPANS["EMAIL_ADDRESS"] <= 254  # RFC 5321: at most 254 characters
+    text = "mail " + address + " bye"
+    out = "".join(streamed([rule(entities=["EMAIL_ADDRESS"])], text, range(0, len(text), 7)))
+    assert address not in out and "<EMAIL_ADDRESS>" in out and out == R.mask(text, [rule(entities=["EMAIL_ADDRESS"])])

@@ -19,7 +19,7 @@ from proxy.snapshot import Snapshot
 
 from . import Exchange, Policy
 
-_STRUCTURE = frozenset({"role", "type", "id", "tool_call_id", "model", "name", "media_type"})
+_STRUCTURE = frozenset({"role", "type", "id", "tool_call_id", "model", "media_type"})
 
 
 def _load() -> list[R.Rule]:
@@ -60,16 +60,43 @@ def _arguments(calls) -> list[tuple[dict, str, bool]]:
 
 
 def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
-    """(container, key, untrusted) of every text in the messages: contents, text parts, tool arguments."""
+    """(container, key, untrusted) of every text the provider reads: message contents, text parts,
+    names and tool arguments; the predicted output; tool descriptions, their parameters' included
+    (the operator's, like the system prompt: not checked for injection)."""
     slots = []
     for message in _dicts(chat.get("messages")):
         untrusted = message.get("role") not in ("system", "developer")
-        content = message.get("content")
-        if isinstance(content, str):
-            slots.append((message, "content", untrusted))
-        slots += [(part, "text", untrusted) for part in _dicts(content) if isinstance(part.get("text"), str)]
+        slots += _texts(message, "content", untrusted)
+        if isinstance(message.get("name"), str):
+            slots.append((message, "name", untrusted))
         slots += [(holder, key, untrusted) for holder, key, _ in _arguments(message.get("tool_calls"))]
+    if isinstance(chat.get("prediction"), dict):
+        slots += _texts(chat["prediction"], "content", True)
+    for tool in _dicts(chat.get("tools")):
+        slots += [(holder, "description", False) for holder in _described(tool.get("function"))]
     return slots
+
+
+def _texts(holder: dict, key: str, untrusted: bool) -> list[tuple[dict, str, bool]]:
+    """A content: a string, or a list of parts with text."""
+    content = holder.get(key)
+    if isinstance(content, str):
+        return [(holder, key, untrusted)]
+    return [(part, "text", untrusted) for part in _dicts(content) if isinstance(part.get("text"), str)]
+
+
+def _described(value) -> list[dict]:
+    """Every object with a string description in a tool (a JSON schema nests them at any depth)."""
+    found, stack = [], [value]
+    while stack:  # not recursive: a client's nesting cannot exhaust the stack
+        value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("description"), str):
+                found.append(value)
+            stack += [v for v in value.values() if isinstance(v, (dict, list))]
+        elif isinstance(value, list):
+            stack += [v for v in value if isinstance(v, (dict, list))]
+    return found
 
 
 def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:

@@ -464,3 +464,34 @@ def test_a_request_refused_before_the_policies_run_leaves_no_key_in_the_vaslog(g
     assert log.guardrails["policies"] == [{"name": "no-secrets", "action": "block", "triggered": True}]
     assert log.guardrails["pii"] == [{"type": "API_KEY", "where": "prompt", "action": "block", "count": 1}]
     assert calls(fake_upstream) == 0
+
+
+SSN = "078-05-1121"
+
+
+def test_a_prediction_is_checked_like_the_messages(gateway, guard, sdk, fake_upstream):
+    guard(name="no-ssn", entities=["US_SSN"], action="block", on="prompt")
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="gpt-4.1", messages=user("fix the typo"),
+                                    prediction={"type": "content", "content": f"SSN {SSN} on file"})
+    assert err.value.code == "guardrail_blocked" and calls(fake_upstream) == 0
+
+
+def test_predictions_tool_descriptions_and_names_are_redacted_before_the_provider(gateway, guard, sdk,
+                                                                                 fake_upstream):
+    guard(name="pii", action="redact", on="prompt")
+    tools = [{"type": "function", "function": {
+        "name": "notify", "description": f"Mail the result to {EMAIL}",
+        "parameters": {"type": "object", "properties": {"to": {"type": "string", "description": f"e.g. {EMAIL}"}}}}}]
+    sdk.chat.completions.create(
+        model="gpt-4.1", tools=tools,
+        messages=[{"role": "user", "name": "jane", "content": "hello"},
+                  {"role": "assistant", "name": SSN, "content": "hi"}, {"role": "user", "content": "go"}],
+        prediction={"type": "content", "content": [{"type": "text", "text": f"SSN {SSN} on file"}]})
+    sent = json.loads(next(r.raw for r in fake_upstream.requests if r.provider != "unknown"))
+    assert EMAIL not in json.dumps(sent) and SSN not in json.dumps(sent)
+    assert sent["prediction"]["content"][0]["text"] == "SSN <US_SSN> on file"
+    function = sent["tools"][0]["function"]
+    assert function["description"] == "Mail the result to <EMAIL_ADDRESS>"
+    assert function["parameters"]["properties"]["to"]["description"] == "e.g. <EMAIL_ADDRESS>"
+    assert [m.get("name") for m in sent["messages"]] == ["jane", "<US_SSN>", None]

@@ -78,11 +78,27 @@ def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
 
 
 def _texts(holder: dict, key: str, untrusted: bool) -> list[tuple[dict, str, bool]]:
-    """A content: a string, or a list of parts with text."""
+    """A content: a string, or a list of parts with text, which the provider reads joined (a value
+    split across two parts is one value)."""
     content = holder.get(key)
     if isinstance(content, str):
         return [(holder, key, untrusted)]
-    return [(part, "text", untrusted) for part in _dicts(content) if isinstance(part.get("text"), str)]
+    parts = [part for part in _dicts(content) if isinstance(part.get("text"), str)]
+    return [(_Parts(parts), "text", untrusted)] if len(parts) > 1 else [(p, "text", untrusted) for p in parts]
+
+
+class _Parts:
+    """The text parts of one content as one slot: their joined text, redacted part by part."""
+
+    def __init__(self, parts: list[dict]):
+        self.parts = parts
+
+    def __getitem__(self, key: str) -> str:
+        return "".join(part["text"] for part in self.parts)
+
+    def redact(self, found: list) -> None:
+        for part, text in zip(self.parts, R.replace_parts([p["text"] for p in self.parts], found)):
+            part["text"] = text
 
 
 def _described(value) -> list[dict]:
@@ -113,7 +129,9 @@ def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:
 def _check(rules: list, slots) -> R.Verdict:
     verdict = R.evaluate(rules, [(holder[key], untrusted) for holder, key, untrusted in slots])
     for (holder, key, _), found in zip(slots, verdict.send):
-        if found:
+        if found and isinstance(holder, _Parts):
+            holder.redact(found)
+        elif found:
             holder[key] = R.replace(holder[key], found)
     return verdict
 
@@ -123,7 +141,13 @@ def masked(value, rules: list):
     if isinstance(value, str):
         return R.mask(value, rules)
     if isinstance(value, list):
-        return [masked(v, rules) for v in value]
+        out = [masked(v, rules) for v in value]
+        parts = [v for v in out if isinstance(v, dict) and isinstance(v.get("text"), str)]
+        if len(parts) > 1:  # text parts read joined: masked joined (their texts as sent, not masked apart)
+            texts = [v["text"] for v in value if isinstance(v, dict) and isinstance(v.get("text"), str)]
+            for part, text in zip(parts, R.mask_parts(texts, rules)):
+                part["text"] = text
+        return out
     if isinstance(value, dict):
         return {k: v if k in _STRUCTURE else masked(v, rules) for k, v in value.items()}
     return value

@@ -495,3 +495,37 @@ def test_predictions_tool_descriptions_and_names_are_redacted_before_the_provide
     assert function["description"] == "Mail the result to <EMAIL_ADDRESS>"
     assert function["parameters"]["properties"]["to"]["description"] == "e.g. <EMAIL_ADDRESS>"
     assert [m.get("name") for m in sent["messages"]] == ["jane", "<US_SSN>", None]
+
+
+def parts(*texts):
+    return [{"type": "text", "text": t} for t in texts]
+
+
+def test_a_value_split_across_content_parts_is_one_value(gateway, guard, sdk, fake_upstream):
+    guard(name="no-cards", entities=["CREDIT_CARD"], action="block", on="prompt")
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": parts("card 4111 1111",
+                                                                                                 " 1111 1111")}])
+    assert err.value.code == "guardrail_blocked" and calls(fake_upstream) == 0
+
+
+def test_a_value_split_across_parts_is_redacted_in_what_is_sent(gateway, guard, sdk, fake_upstream):
+    guard(name="cards", entities=["CREDIT_CARD"], action="redact", on="prompt")
+    sdk.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": parts(
+        "card 4111 1111", " 1111 1111 thanks")}])
+    sent = json.loads(next(r.raw for r in fake_upstream.requests if r.provider != "unknown"))
+    assert [p["text"] for p in sent["messages"][0]["content"]] == ["card <CREDIT_CARD>", " thanks"]
+
+
+def test_the_vaslog_masks_a_value_split_across_anthropic_blocks(gateway, guard, claude, fake_upstream):
+    guard(name="cards", entities=["CREDIT_CARD"], action="flag", on="prompt")
+    raw = claude.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=50, messages=[
+        {"role": "user", "content": parts("my card 4111 1111", " 1111 1111 ok")},
+        {"role": "assistant", "content": parts("noted 4111 1111", " 1111 1111.")},
+        {"role": "user", "content": "thanks"}])
+    assert raw.headers["x-smartflow-compliance"] == "flagged"
+    log = log_for(gateway, raw.headers["x-smartflow-request-id"])
+    assert "1111 1111" not in json.dumps(log.prompt), log.prompt
+    assert json.dumps(log.prompt).count("<CREDIT_CARD>") == 2
+    assert log.guardrails["pii"] == [{"type": "CREDIT_CARD", "where": "prompt", "action": "flag", "count": 2}]
+    assert "4111 1111 1111 1111" in sent_texts(fake_upstream)  # flag: the provider gets it unchanged

@@ -325,3 +325,12 @@ def test_a_300_character_email_streamed_in_7_character_chunks_never_comes_out_wh
     text = "mail " + address + " bye"
     out = "".join(streamed([rule(entities=["EMAIL_ADDRESS"])], text, range(0, len(text), 7)))
     assert address not in out and "<EMAIL_ADDRESS>" in out and out == R.mask(text, [rule(entities=["EMAIL_ADDRESS"])])
+
+
+@given(st.lists(st.sampled_from(["jane.roe@", "example.org", " card 4111 ", "1111 1111 1111", " x", ""]),
+                min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_parts_are_masked_as_their_joined_text(texts):
+    rules = [rule()]
+    out = R.mask_parts(texts, rules)
+    assert len(out) == len(texts) and "".join(out) == R.mask("".join(texts), rules)

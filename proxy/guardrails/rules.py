@@ -162,8 +162,12 @@ class Rule:
             return [f for f in found if f.entity in self.entities]
         if self.kind == "injection":
             return [f for f in found if f.entity == INJECTION]
-        found = [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
-        return [f for f in found if _whole_word(text, f.start, f.end)] if self.kind == "keywords" else found
+        if self.kind == "regex":
+            return [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
+        # A keyword inside a longer word is searched past from its next character, not its end: it
+        # must not hide a keyword that overlaps it ("xa b" hiding "b c" in "xa b c").
+        whole = spans(self.pattern, text, lambda _, start, end: _whole_word(text, start, end) or None)
+        return [Finding(start, end, self.name, 1.0) for start, end, _ in whole]
 
 
 @dataclass

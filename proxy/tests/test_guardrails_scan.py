@@ -334,3 +334,8 @@ def test_parts_are_masked_as_their_joined_text(texts):
     rules = [rule()]
     out = R.mask_parts(texts, rules)
     assert len(out) == len(texts) and "".join(out) == R.mask("".join(texts), rules)
+
+
+def test_a_keyword_inside_a_longer_word_does_not_hide_an_overlapping_one():
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["a b", "b c"], "action": "redact"}))
+    assert R.mask("xa b c", [words]) == "xa <w>"

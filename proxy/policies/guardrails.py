@@ -61,19 +61,19 @@ def _arguments(calls) -> list[tuple[dict, str, bool]]:
 
 def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
     """(container, key, untrusted) of every text the provider reads: message contents, text parts,
-    names and tool arguments; the predicted output; tool descriptions, their parameters' included
-    (the operator's, like the system prompt: not checked for injection)."""
+    names, refusals and tool arguments; the predicted output; the descriptions in tools and in a
+    response_format schema (the operator's, like the system prompt: not checked for injection)."""
     slots = []
     for message in _dicts(chat.get("messages")):
         untrusted = message.get("role") not in ("system", "developer")
         slots += _texts(message, "content", untrusted)
-        if isinstance(message.get("name"), str):
-            slots.append((message, "name", untrusted))
+        slots += [(message, key, untrusted) for key in ("name", "refusal") if isinstance(message.get(key), str)]
         slots += [(holder, key, untrusted) for holder, key, _ in _arguments(message.get("tool_calls"))]
     if isinstance(chat.get("prediction"), dict):
         slots += _texts(chat["prediction"], "content", True)
     for tool in _dicts(chat.get("tools")):
         slots += [(holder, "description", False) for holder in _described(tool.get("function"))]
+    slots += [(holder, "description", False) for holder in _described(chat.get("response_format"))]
     return slots
 
 

@@ -486,15 +486,22 @@ def test_predictions_tool_descriptions_and_names_are_redacted_before_the_provide
     sdk.chat.completions.create(
         model="gpt-4.1", tools=tools,
         messages=[{"role": "user", "name": "jane", "content": "hello"},
-                  {"role": "assistant", "name": SSN, "content": "hi"}, {"role": "user", "content": "go"}],
-        prediction={"type": "content", "content": [{"type": "text", "text": f"SSN {SSN} on file"}]})
+                  {"role": "assistant", "name": SSN, "content": "hi"},
+                  {"role": "assistant", "content": None, "refusal": f"not mailing {EMAIL}"},
+                  {"role": "user", "content": "go"}],
+        prediction={"type": "content", "content": [{"type": "text", "text": f"SSN {SSN} on file"}]},
+        response_format={"type": "json_schema", "json_schema": {"name": "out", "schema": {
+            "type": "object", "properties": {"ok": {"type": "boolean", "description": f"ask {EMAIL}"}}}}})
     sent = json.loads(next(r.raw for r in fake_upstream.requests if r.provider != "unknown"))
     assert EMAIL not in json.dumps(sent) and SSN not in json.dumps(sent)
     assert sent["prediction"]["content"][0]["text"] == "SSN <US_SSN> on file"
     function = sent["tools"][0]["function"]
     assert function["description"] == "Mail the result to <EMAIL_ADDRESS>"
     assert function["parameters"]["properties"]["to"]["description"] == "e.g. <EMAIL_ADDRESS>"
-    assert [m.get("name") for m in sent["messages"]] == ["jane", "<US_SSN>", None]
+    assert [m.get("name") for m in sent["messages"]] == ["jane", "<US_SSN>", None, None]
+    assert sent["messages"][2]["refusal"] == "not mailing <EMAIL_ADDRESS>"
+    schema = sent["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["ok"]["description"] == "ask <EMAIL_ADDRESS>"
 
 
 def parts(*texts):

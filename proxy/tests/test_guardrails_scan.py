@@ -1,5 +1,7 @@
 """The recognisers, rules and stream window as pure functions: the labelled corpus, validation
 of policy bodies, linear time on hostile input, and the window against a whole-text scan."""
+import base64
+import random
 import time
 
 import pytest
@@ -126,6 +128,8 @@ def test_risk_grows_with_more_and_worse_findings():
     lambda n: "a" * n, lambda n: "1" * n, lambda n: "1-" * (n // 2), lambda n: "@a." * (n // 3),
     lambda n: "ignore all previous " * (n // 20), lambda n: "+1 (" * (n // 4), lambda n: "A" * n + "=",
     lambda n: ":" * n, lambda n: "-----BEGIN PRIVATE KEY-----" + "x" * n,
+    lambda n: base64.b64encode(random.Random(n).randbytes(n * 3 // 4)).decode(),  # rejected runs, rescanned
+    lambda n: "+4111111111111111 a:b:" * (n // 22),
 ])
 def test_linear_time_on_hostile_megabytes(make):
     small, large = make(100_000), make(1_000_000)

@@ -134,13 +134,17 @@ def test_risk_grows_with_more_and_worse_findings():
 def test_linear_time_on_hostile_megabytes(make):
     small, large = make(100_000), make(1_000_000)
     scan(small)
-    started = time.perf_counter()
-    scan(small)
-    small_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scan(large)
-    large_s = time.perf_counter() - started
+    small_s, large_s = best_time(scan, small), best_time(scan, large)  # the best of two: the machine is shared
     assert large_s < 2.0 and large_s < 25 * small_s + 0.05
+
+
+def best_time(fn, *args) -> float:
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 @given(st.text(max_size=400))

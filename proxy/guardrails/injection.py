@@ -43,7 +43,12 @@ def decode(text: str) -> str | None:
         raw = base64.b64decode(text[: len(text) // 4 * 4], validate=True)
     except (binascii.Error, ValueError):
         return None
-    decoded = raw.decode("utf-8", "ignore")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as err:  # binary (an image, a key), unless only its last character is cut
+        if err.start < len(raw) - 3:
+            return None
+        decoded = raw[:err.start].decode("utf-8")
     printable = sum(c.isprintable() or c.isspace() for c in decoded)
     return decoded if decoded and printable >= 0.95 * len(decoded) and " " in decoded else None
 

@@ -103,7 +103,10 @@ def validate(body) -> dict:
 
 
 def _longest(pattern: str) -> int:
-    """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back)."""
+    """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back). Python's
+    parser reads "{,n}" as 0 to n repeats, RE2 as the literal text: where they may differ, the cap."""
+    if "{," in pattern:
+        return MAX_SPAN
     try:
         return min(MAX_SPAN, max(1, re_parser.parse(pattern).getwidth()[1]))
     except Exception:  # RE2 syntax Python's parser lacks: assume the cap
@@ -159,8 +162,12 @@ class Rule:
             return [f for f in found if f.entity in self.entities]
         if self.kind == "injection":
             return [f for f in found if f.entity == INJECTION]
-        found = [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
-        return [f for f in found if _whole_word(text, f.start, f.end)] if self.kind == "keywords" else found
+        if self.kind == "regex":
+            return [Finding(start, end, self.name, 1.0) for _, start, end in spans(self.pattern, text) if end > start]
+        # A keyword inside a longer word is searched past from its next character, not its end: it
+        # must not hide a keyword that overlaps it ("xa b" hiding "b c" in "xa b c").
+        whole = spans(self.pattern, text, lambda _, start, end: _whole_word(text, start, end) or None)
+        return [Finding(start, end, self.name, 1.0) for start, end, _ in whole]
 
 
 @dataclass
@@ -208,24 +215,52 @@ def evaluate(rules: list[Rule], texts: list[tuple[str, bool]]) -> Verdict:
     return verdict
 
 
+def _kept(findings: list[Finding]) -> list[Finding]:
+    """The findings in order, an overlapping one dropped (the earlier wins)."""
+    kept, at = [], 0
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if f.start >= at:
+            kept.append(f)
+            at = f.end
+    return kept
+
+
 def replace(text: str, findings: list[Finding]) -> str:
     """text with each finding replaced by its <ENTITY>; overlapping findings: the earlier one wins."""
-    if not findings:
-        return text
-    out, at = [], 0
-    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
-        if f.start < at:
-            continue
-        out += [text[at:f.start], f"<{f.entity}>"]
-        at = f.end
-    out.append(text[at:])
-    return "".join(out)
+    return replace_parts([text], findings)[0] if findings else text
+
+
+def replace_parts(texts: list[str], findings: list[Finding]) -> list[str]:
+    """Texts a provider reads joined (a message's content parts), redacted from the findings in the
+    joined text: a match across parts leaves its <ENTITY> in the part it starts in, and removes its
+    rest from the parts after."""
+    kept, k, out, offset = _kept(findings), 0, [], 0
+    for text in texts:
+        end, pieces, at = offset + len(text), [], offset
+        while k < len(kept) and kept[k].start < end:
+            f = kept[k]
+            pieces += [text[at - offset:f.start - offset] if f.start >= at else "",
+                       f"<{f.entity}>" if f.start >= offset else ""]
+            at = min(f.end, end)
+            if f.end > end:
+                break  # it goes on in the next part
+            k += 1
+        pieces.append(text[at - offset:])
+        out.append("".join(pieces))
+        offset = end
+    return out
 
 
 def mask(text: str, rules: list[Rule]) -> str:
     """Every match of the rules replaced: what the VASLog keeps."""
+    return mask_parts([text], rules)[0]
+
+
+def mask_parts(texts: list[str], rules: list[Rule]) -> list[str]:
+    """mask() for texts read joined: a match across two parts is found, and masked in both."""
+    text = "".join(texts)
     found = scan(text) if _needs_scan(rules) else []
-    return replace(text, [f for rule in rules for f in rule.matches(text, found)])
+    return replace_parts(texts, [f for rule in rules for f in rule.matches(text, found)])
 
 
 def risk_score(verdicts: list[Verdict]) -> float:

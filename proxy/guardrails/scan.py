@@ -50,10 +50,22 @@ assert max(SPANS.values()) <= MAX_SPAN, SPANS
 
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = 64 << 20  # the combined DFA is large; the default 8 MiB would make RE2 fall back to NFA
-COMBINED = re2.compile("|".join(f"(?P<{name}>{p})" for name, p in _alternatives()), options=_OPTIONS)
+# Secrets and PII in one expression, the injection heuristics in another, base64 runs in a third: a
+# long candidate of one (a base64-looking URL path) then never hides a match of another (a key at the
+# path's end), and the base64 run's counted repeat does not blow up the others' DFA (random base64:
+# 30 ms per 100 kB in one expression, 2 ms alone).
+VALUES = re2.compile("|".join(f"(?P<{n}>{p})" for n, p in _alternatives() if n[0] != "I"), options=_OPTIONS)
+INJECTIONS = re2.compile("|".join(f"(?P<{n}>{p})" for n, p in _alternatives() if n[0] == "I" and n != "I_ENCODED"),
+                         options=_OPTIONS)
+ENCODED = re2.compile(f"(?P<I_ENCODED>{injection.PATTERNS['ENCODED'][1]})", options=_OPTIONS)
 # Every capturing group is one alternative (the patterns use only (?:…) inside): lastindex names it.
-_GROUP_NAMES = {index: name for name, index in COMBINED.groupindex.items()}
+_GROUP_NAMES = {pattern: {index: name for name, index in pattern.groupindex.items()}
+                for pattern in (VALUES, INJECTIONS, ENCODED)}
 _INJECTION_ONLY = re2.compile("|".join(f"(?P<{n}>{p})" for n, (_, p) in injection.PATTERNS.items() if n != "ENCODED"))
+# A rejected candidate is searched again from its next character (it may hide a shorter match of
+# another entity: a card inside a phone-shaped run), as long as the rescanned characters stay
+# within this many times the text: linear whatever the text.
+RESCAN = 4
 
 
 def _context_boost(entity: str, before: str) -> float:
@@ -61,47 +73,72 @@ def _context_boost(entity: str, before: str) -> float:
     return pii.CONTEXT_BOOST if any(word in before for word in pii.CONTEXT.get(entity, ())) else 0.0
 
 
-def spans(pattern, text: str):
-    """(group index, start, end) of each match of an RE2 pattern, in characters. RE2 runs on UTF-8
-    bytes: handing it bytes is twice as fast as a str (whose offsets the binding converts match by
-    match); outside ASCII, byte offsets become character offsets by decoding the gaps, once, front
-    to back (RE2 matches whole code points, so every offset is on a character boundary)."""
+def spans(pattern, text: str, check=None, rescan: bool = True):
+    """(group index, start, end) of each match of an RE2 pattern, in characters; with check, (start,
+    end, check's result) of each match check(index, start, end) accepts, a rejected one searched
+    again from its next character (rescan). RE2 runs on UTF-8 bytes: handing it bytes is twice as fast as a
+    str (whose offsets the binding converts match by match); outside ASCII, byte offsets become
+    character offsets by decoding the gaps, once, front to back (RE2 matches whole code points, so
+    every offset is on a character boundary)."""
     data = text.encode("utf-8", "surrogatepass")
     ascii = len(data) == len(text)
-    at_byte = at_char = 0
-    for match in pattern.finditer(data):
+    at_byte = at_char = pos = 0
+    budget = RESCAN * len(data) + MAX_SPAN
+    while pos <= len(data):
+        match = pattern.search(data, pos)
+        if match is None:
+            return
         start, end = match.span()
         if not ascii:
             at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
             at_byte = start
-            start, end = at_char, at_char + len(data[start:end].decode("utf-8", "surrogatepass"))
-        yield match.lastindex, start, end
+            start, end = at_char, at_char + len(data[at_byte:end].decode("utf-8", "surrogatepass"))
+        if check is None:
+            yield match.lastindex, start, end
+        else:
+            result = check(match.lastindex, start, end)
+            if result is None and rescan and budget > 0:
+                budget -= match.end() - match.start()
+                pos = match.start() + 1
+                while pos < len(data) and data[pos] & 0xC0 == 0x80:  # the next character, not the next byte
+                    pos += 1
+                continue
+            if result is not None:
+                yield start, end, result
+        pos = match.end() if match.end() > match.start() else match.end() + 1
+
+
+def _value(text: str, group: str, start: int, end: int) -> Finding | None:
+    value, before, after = text[start:end], text[max(0, start - pii.CONTEXT_CHARS):start], text[end:end + 2]
+    if group[0] == "K":
+        score, entity = secrets.api_key(value, before, after), "API_KEY"
+    else:
+        score, entity = pii.CHECKS[group[2:]](value, before, after), group[2:]
+    if score <= 0:
+        return None
+    score = min(1.0, score + _context_boost(entity, before)) if score < 1 else score
+    return Finding(start, end, entity, round(score, 3)) if score >= MIN_SCORE else None
+
+
+def _injection(text: str, name: str, start: int, end: int) -> Finding | None:
+    weight = injection.weight(name)
+    if name == "ENCODED":
+        decoded = injection.decode(text[start:end])
+        if decoded is None:
+            return None
+        if _INJECTION_ONLY.search(decoded):
+            weight = injection.ENCODED_INSTRUCTIONS
+    return Finding(start, end, INJECTION, weight, name)
 
 
 def scan(text: str) -> list[Finding]:
-    """Every built-in finding in text, in order, none overlapping."""
-    found = []
-    for index, start, end in spans(COMBINED, text):
-        group, value = _GROUP_NAMES[index], text[start:end]
-        kind, name = group[0], group[2:]
-        if kind == "I":
-            weight = injection.weight(name)
-            if name == "ENCODED":
-                decoded = injection.decode(value)
-                if decoded is None:
-                    continue
-                if _INJECTION_ONLY.search(decoded):
-                    weight = injection.ENCODED_INSTRUCTIONS
-            found.append(Finding(start, end, INJECTION, weight, name))
-            continue
-        before, after = text[max(0, start - pii.CONTEXT_CHARS):start], text[end:end + 2]
-        if kind == "K":
-            score, entity = secrets.api_key(value, before, after), "API_KEY"
-        else:
-            score, entity = pii.CHECKS[name](value, before, after), name
-        if score <= 0:
-            continue
-        score = min(1.0, score + _context_boost(entity, before)) if score < 1 else score
-        if score >= MIN_SCORE:
-            found.append(Finding(start, end, entity, round(score, 3)))
-    return found
+    """Every built-in finding in text, in order: secrets and PII none overlapping, injection
+    heuristics apart from them (they may overlap a value)."""
+    names = _GROUP_NAMES[VALUES]
+    found = [f for _, _, f in spans(VALUES, text, lambda i, s, e: _value(text, names[i], s, e))]
+    injections = []
+    for pattern in (INJECTIONS, ENCODED):  # not searched again inside a rejected base64 run: nothing else fits in one
+        names = _GROUP_NAMES[pattern]
+        injections += [f for _, _, f in spans(pattern, text, lambda i, s, e: _injection(text, names[i][2:], s, e),
+                                              rescan=False)]
+    return sorted(found + injections, key=lambda f: (f.start, f.end)) if injections else found

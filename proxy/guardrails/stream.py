@@ -29,6 +29,21 @@ def _private_key_header(text: str, begin: int) -> bool:
     return end < 0 or header[:end].endswith("PRIVATE KEY")
 
 
+def _open_private_key(text: str) -> int:
+    """Where the first private key block without its END line begins (-1: none). The first, not the
+    last BEGIN: a certificate inside an open key block must not release the key's body."""
+    begin = text.find(secrets.PEM_BEGIN)
+    while begin >= 0:
+        if not _private_key_header(text, begin):
+            begin = text.find(secrets.PEM_BEGIN, begin + 1)
+            continue
+        end = _PEM_END.search(text, begin)
+        if end is None:
+            return begin
+        begin = text.find(secrets.PEM_BEGIN, end.end())
+    return -1
+
+
 class Blocked(Exception):
     def __init__(self, rule: Rule):
         super().__init__(rule.name)
@@ -56,8 +71,8 @@ class Window:
         whole = self.context + self.buffer
         cut = len(whole) if final else max(base, len(whole) - self.hold)
         if not final:
-            begin = self.buffer.rfind(secrets.PEM_BEGIN)
-            if begin >= 0 and _private_key_header(self.buffer, begin) and not _PEM_END.search(self.buffer, begin):
+            begin = _open_private_key(self.buffer)
+            if begin >= 0:
                 cut = min(cut, base + begin)
         if self.digits_only and not _TRIGGER.search(whole):
             hits = []  # every PII and secret match has a digit, '@', ':' or '-----' in it

@@ -19,7 +19,7 @@ from proxy.snapshot import Snapshot
 
 from . import Exchange, Policy
 
-_STRUCTURE = frozenset({"role", "type", "id", "tool_call_id", "model", "name", "media_type"})
+_STRUCTURE = frozenset({"role", "type", "id", "tool_call_id", "model", "media_type"})
 
 
 def _load() -> list[R.Rule]:
@@ -60,16 +60,59 @@ def _arguments(calls) -> list[tuple[dict, str, bool]]:
 
 
 def prompt_slots(chat: dict) -> list[tuple[dict, str, bool]]:
-    """(container, key, untrusted) of every text in the messages: contents, text parts, tool arguments."""
+    """(container, key, untrusted) of every text the provider reads: message contents, text parts,
+    names, refusals and tool arguments; the predicted output; the descriptions in tools and in a
+    response_format schema (the operator's, like the system prompt: not checked for injection)."""
     slots = []
     for message in _dicts(chat.get("messages")):
         untrusted = message.get("role") not in ("system", "developer")
-        content = message.get("content")
-        if isinstance(content, str):
-            slots.append((message, "content", untrusted))
-        slots += [(part, "text", untrusted) for part in _dicts(content) if isinstance(part.get("text"), str)]
+        slots += _texts(message, "content", untrusted)
+        slots += [(message, key, untrusted) for key in ("name", "refusal") if isinstance(message.get(key), str)]
         slots += [(holder, key, untrusted) for holder, key, _ in _arguments(message.get("tool_calls"))]
+    if isinstance(chat.get("prediction"), dict):
+        slots += _texts(chat["prediction"], "content", True)
+    for tool in _dicts(chat.get("tools")):
+        slots += [(holder, "description", False) for holder in _described(tool.get("function"))]
+    slots += [(holder, "description", False) for holder in _described(chat.get("response_format"))]
     return slots
+
+
+def _texts(holder: dict, key: str, untrusted: bool) -> list[tuple[dict, str, bool]]:
+    """A content: a string, or a list of parts with text, which the provider reads joined (a value
+    split across two parts is one value)."""
+    content = holder.get(key)
+    if isinstance(content, str):
+        return [(holder, key, untrusted)]
+    parts = [part for part in _dicts(content) if isinstance(part.get("text"), str)]
+    return [(_Parts(parts), "text", untrusted)] if len(parts) > 1 else [(p, "text", untrusted) for p in parts]
+
+
+class _Parts:
+    """The text parts of one content as one slot: their joined text, redacted part by part."""
+
+    def __init__(self, parts: list[dict]):
+        self.parts = parts
+
+    def __getitem__(self, key: str) -> str:
+        return "".join(part["text"] for part in self.parts)
+
+    def redact(self, found: list) -> None:
+        for part, text in zip(self.parts, R.replace_parts([p["text"] for p in self.parts], found)):
+            part["text"] = text
+
+
+def _described(value) -> list[dict]:
+    """Every object with a string description in a tool (a JSON schema nests them at any depth)."""
+    found, stack = [], [value]
+    while stack:  # not recursive: a client's nesting cannot exhaust the stack
+        value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value.get("description"), str):
+                found.append(value)
+            stack += [v for v in value.values() if isinstance(v, (dict, list))]
+        elif isinstance(value, list):
+            stack += [v for v in value if isinstance(v, (dict, list))]
+    return found
 
 
 def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:
@@ -86,7 +129,9 @@ def answer_slots(response: dict) -> list[tuple[dict, str, bool]]:
 def _check(rules: list, slots) -> R.Verdict:
     verdict = R.evaluate(rules, [(holder[key], untrusted) for holder, key, untrusted in slots])
     for (holder, key, _), found in zip(slots, verdict.send):
-        if found:
+        if found and isinstance(holder, _Parts):
+            holder.redact(found)
+        elif found:
             holder[key] = R.replace(holder[key], found)
     return verdict
 
@@ -96,10 +141,34 @@ def masked(value, rules: list):
     if isinstance(value, str):
         return R.mask(value, rules)
     if isinstance(value, list):
-        return [masked(v, rules) for v in value]
+        out = [masked(v, rules) for v in value]
+        parts = [v for v in out if isinstance(v, dict) and isinstance(v.get("text"), str)]
+        if len(parts) > 1:  # text parts read joined: masked joined (their texts as sent, not masked apart)
+            texts = [v["text"] for v in value if isinstance(v, dict) and isinstance(v.get("text"), str)]
+            for part, text in zip(parts, R.mask_parts(texts, rules)):
+                part["text"] = text
+        return out
     if isinstance(value, dict):
         return {k: v if k in _STRUCTURE else masked(v, rules) for k, v in value.items()}
     return value
+
+
+def _state(ex: Exchange, rules: list) -> GuardState:
+    if not rules:
+        return _EMPTY  # nothing in it changes when no rule applies
+    team = ex.principal.team
+    prompt, response = [r for r in rules if r.applies(team, "prompt")], [r for r in rules if r.applies(team, "response")]
+    if not (prompt or response):
+        return _EMPTY
+    state = GuardState(prompt, response)
+    state.stream_rules = [r for r in state.response_rules if r.action in ("redact", "block")]
+    return state
+
+
+_NONE: list = []  # shared, never changed: no rows cost no list per request
+_EMPTY = GuardState(_NONE, _NONE)
+# Before the first snapshot load there are no rules to go by: the VASLog masks every built-in entity.
+_EVERY_ENTITY = [R.Rule.compile(R.validate({"name": "unchecked", "kind": "pii", "action": "flag"}))]
 
 
 class GuardrailsPolicy(Policy):
@@ -108,19 +177,21 @@ class GuardrailsPolicy(Policy):
     def __init__(self, snapshot=None):
         self.snapshot = snapshot or policies
 
-    async def _rules(self, ex: Exchange) -> tuple[list, list]:
-        team = ex.principal.team
-        rules = await self.snapshot.get()
-        return ([r for r in rules if r.applies(team, "prompt")], [r for r in rules if r.applies(team, "response")])
+    async def _state(self, ex: Exchange) -> GuardState:
+        """The rules that apply to this request, read from the snapshot once (passthrough and request
+        see the same ones: a refresh in between cannot make a native request skip redaction)."""
+        state = ex.state.get("guardrails")
+        if state is None:
+            state = ex.state["guardrails"] = _state(ex, await self.snapshot.get())
+        return state
 
     async def passthrough(self, ex: Exchange) -> bool:
-        prompt, response = await self._rules(ex)
-        return not (prompt or response)
+        state = await self._state(ex)
+        return not (state.prompt_rules or state.response_rules)
 
     async def request(self, ex: Exchange):
-        prompt_rules, response_rules = await self._rules(ex)
-        state = ex.state["guardrails"] = GuardState(prompt_rules, response_rules)
-        state.stream_rules = [r for r in response_rules if r.action in ("redact", "block")]
+        state = await self._state(ex)
+        prompt_rules = state.prompt_rules
         if not prompt_rules:
             return None
         call = ex.call
@@ -200,10 +271,23 @@ class GuardrailsPolicy(Policy):
             ex.out["x-smartflow-compliance"] = "flagged"
 
     def log(self, ex: Exchange) -> None:
-        state = ex.state.get("guardrails")
-        if state is None:
+        state, trace = ex.state.get("guardrails"), ex.trace
+        if state is None:  # the request failed before the policies ran (a bad header, no provider key)
+            rules = self.snapshot.last()
+            if rules is None:
+                if trace.fields.get("prompt") is not None:
+                    trace.set(prompt=masked(trace.fields["prompt"], _EVERY_ENTITY))
+                return
+            state = _state(ex, rules)
+        if state is _EMPTY:
+            trace.set(compliance="pass", guardrails={"policies": [], "pii": [], "risk_score": 0.0})
             return
-        trace = ex.trace
+        if state.prompt is None and state.prompt_rules and isinstance(trace.fields.get("prompt"), list):
+            # Its prompt is in the VASLog all the same: checked here, so no matched text is kept.
+            slots = prompt_slots({"messages": trace.fields["prompt"]})
+            state.prompt = R.evaluate(state.prompt_rules, [(h[k], untrusted) for h, k, untrusted in slots])
+            if state.prompt.block is not None:
+                state.blocked_by = state.prompt.block.name
         if ex.call is not None and ex.call.is_stream and state.response_rules:
             state.response = _stream_verdict(state, trace.fields.get("response"))
         sides = [(side, v) for side, v in (("prompt", state.prompt), ("response", state.response)) if v is not None]

@@ -50,6 +50,12 @@ POSITIVE = [
     ("slack xoxb-123456789012-1234567890123-AbCdEfGhIjKl", {"API_KEY"}),
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----", {"API_KEY"}),
     ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA\n-----END PRIVATE KEY-----", {"API_KEY"}),
+    # Inside a candidate another recogniser rejects (a base64-looking path, a phone-shaped run).
+    ("see https://github.com/acme/infrastructure/blob/main/deployment/ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+     {"API_KEY"}),
+    ("pay +4111111111111111", {"CREDIT_CARD"}),
+    ("QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ+AKIAIOSFODNN7EXAMPLE", {"API_KEY"}),
+    ("ssn a:b:078-05-1121", {"US_SSN"}),
     ("Bill jane.roe@example.org, card 5555555555554444, call (415) 555-2671",
      {"EMAIL_ADDRESS", "CREDIT_CARD", "PHONE_NUMBER"}),
 ]

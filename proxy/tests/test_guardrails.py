@@ -440,3 +440,99 @@ def test_the_cache_key_is_the_redacted_prompt(gateway, guard, sdk, settings, fak
         assert "bob@" not in json.dumps(log_for(gateway, raw.headers["x-smartflow-request-id"]).prompt)
     finally:
         stores.current().clear()
+
+
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
+def test_a_request_refused_before_the_policies_run_leaves_no_key_in_the_vaslog(gateway, guard, sdk, claude,
+                                                                            fake_upstream, client):
+    """An unknown x-smartflow-policy is refused by routing before the guardrails' request phase:
+    the VASLog's prompt is checked and masked all the same."""
+    guard(name="no-secrets", entities=["API_KEY"], action="block", on="prompt")
+    headers = {"x-smartflow-policy": "nope"}
+    if client == "openai":
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk.chat.completions.create(model="gpt-4.1", messages=user(f"use key {OPENAI_KEY} please"),
+                                        extra_headers=headers)
+    else:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            claude.messages.create(model="claude-sonnet-4-5", max_tokens=50,
+                                   messages=user(f"use key {OPENAI_KEY} please"), extra_headers=headers)
+    assert err.value.status_code == 400 and "x-smartflow-policy" in str(err.value)
+    log = log_for(gateway, err.value.response.headers["x-smartflow-request-id"])
+    assert OPENAI_KEY not in json.dumps(log.prompt) and "<API_KEY>" in json.dumps(log.prompt)
+    assert log.compliance == "blocked"
+    assert log.guardrails["policies"] == [{"name": "no-secrets", "action": "block", "triggered": True}]
+    assert log.guardrails["pii"] == [{"type": "API_KEY", "where": "prompt", "action": "block", "count": 1}]
+    assert calls(fake_upstream) == 0
+
+
+SSN = "078-05-1121"
+
+
+def test_a_prediction_is_checked_like_the_messages(gateway, guard, sdk, fake_upstream):
+    guard(name="no-ssn", entities=["US_SSN"], action="block", on="prompt")
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="gpt-4.1", messages=user("fix the typo"),
+                                    prediction={"type": "content", "content": f"SSN {SSN} on file"})
+    assert err.value.code == "guardrail_blocked" and calls(fake_upstream) == 0
+
+
+def test_predictions_tool_descriptions_and_names_are_redacted_before_the_provider(gateway, guard, sdk,
+                                                                                 fake_upstream):
+    guard(name="pii", action="redact", on="prompt")
+    tools = [{"type": "function", "function": {
+        "name": "notify", "description": f"Mail the result to {EMAIL}",
+        "parameters": {"type": "object", "properties": {"to": {"type": "string", "description": f"e.g. {EMAIL}"}}}}}]
+    sdk.chat.completions.create(
+        model="gpt-4.1", tools=tools,
+        messages=[{"role": "user", "name": "jane", "content": "hello"},
+                  {"role": "assistant", "name": SSN, "content": "hi"},
+                  {"role": "assistant", "content": None, "refusal": f"not mailing {EMAIL}"},
+                  {"role": "user", "content": "go"}],
+        prediction={"type": "content", "content": [{"type": "text", "text": f"SSN {SSN} on file"}]},
+        response_format={"type": "json_schema", "json_schema": {"name": "out", "schema": {
+            "type": "object", "properties": {"ok": {"type": "boolean", "description": f"ask {EMAIL}"}}}}})
+    sent = json.loads(next(r.raw for r in fake_upstream.requests if r.provider != "unknown"))
+    assert EMAIL not in json.dumps(sent) and SSN not in json.dumps(sent)
+    assert sent["prediction"]["content"][0]["text"] == "SSN <US_SSN> on file"
+    function = sent["tools"][0]["function"]
+    assert function["description"] == "Mail the result to <EMAIL_ADDRESS>"
+    assert function["parameters"]["properties"]["to"]["description"] == "e.g. <EMAIL_ADDRESS>"
+    assert [m.get("name") for m in sent["messages"]] == ["jane", "<US_SSN>", None, None]
+    assert sent["messages"][2]["refusal"] == "not mailing <EMAIL_ADDRESS>"
+    schema = sent["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["ok"]["description"] == "ask <EMAIL_ADDRESS>"
+
+
+def parts(*texts):
+    return [{"type": "text", "text": t} for t in texts]
+
+
+def test_a_value_split_across_content_parts_is_one_value(gateway, guard, sdk, fake_upstream):
+    guard(name="no-cards", entities=["CREDIT_CARD"], action="block", on="prompt")
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": parts("card 4111 1111",
+                                                                                                 " 1111 1111")}])
+    assert err.value.code == "guardrail_blocked" and calls(fake_upstream) == 0
+
+
+def test_a_value_split_across_parts_is_redacted_in_what_is_sent(gateway, guard, sdk, fake_upstream):
+    guard(name="cards", entities=["CREDIT_CARD"], action="redact", on="prompt")
+    sdk.chat.completions.create(model="gpt-4.1", messages=[{"role": "user", "content": parts(
+        "card 4111 1111", " 1111 1111 thanks")}])
+    sent = json.loads(next(r.raw for r in fake_upstream.requests if r.provider != "unknown"))
+    assert [p["text"] for p in sent["messages"][0]["content"]] == ["card <CREDIT_CARD>", " thanks"]
+
+
+def test_the_vaslog_masks_a_value_split_across_anthropic_blocks(gateway, guard, claude, fake_upstream):
+    guard(name="cards", entities=["CREDIT_CARD"], action="flag", on="prompt")
+    raw = claude.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=50, messages=[
+        {"role": "user", "content": parts("my card 4111 1111", " 1111 1111 ok")},
+        {"role": "assistant", "content": parts("noted 4111 1111", " 1111 1111.")},
+        {"role": "user", "content": "thanks"}])
+    assert raw.headers["x-smartflow-compliance"] == "flagged"
+    log = log_for(gateway, raw.headers["x-smartflow-request-id"])
+    assert "1111 1111" not in json.dumps(log.prompt), log.prompt
+    assert json.dumps(log.prompt).count("<CREDIT_CARD>") == 2
+    assert log.guardrails["pii"] == [{"type": "CREDIT_CARD", "where": "prompt", "action": "flag", "count": 2}]
+    assert "4111 1111 1111 1111" in sent_texts(fake_upstream)  # flag: the provider gets it unchanged

@@ -126,3 +126,28 @@ def test_any_message_shape_is_checked_without_failing(messages):
     assert verdict.block is None
     masked(messages, rules)
     _check(rules, answer_slots({"choices": [{"message": m} for m in messages if isinstance(m, dict)]}))
+
+
+class Refreshing(Rules):
+    """A snapshot refreshed between two reads: the rules the first time, none after."""
+
+    async def get(self):
+        rules, self.rules = self.rules, []
+        return rules
+
+
+def test_passthrough_and_request_see_the_same_rules_whatever_the_snapshot_does():
+    import asyncio
+
+    from proxy.policies.guardrails import GuardrailsPolicy
+
+    policy = GuardrailsPolicy(Refreshing({**REDACT, "on": "prompt"}))
+    ex = exchange()
+    ex.call.chat = {"messages": [{"role": "user", "content": f"mail {EMAIL}"}]}
+    ex.call.route = types.SimpleNamespace(provider="openai", upstream_model="gpt-4.1")
+    ex.call.request = types.SimpleNamespace(body=b"")
+    ex.call.provider = types.SimpleNamespace(build_request=lambda chat, *_: types.SimpleNamespace(body=json.dumps(chat)))
+    # False sends the request down the translated path: its request phase must then redact it.
+    assert asyncio.run(policy.passthrough(ex)) is False
+    asyncio.run(policy.request(ex))
+    assert EMAIL not in ex.call.request.body and "mail <EMAIL_ADDRESS>" in ex.call.request.body

@@ -1,5 +1,7 @@
 """The recognisers, rules and stream window as pure functions: the labelled corpus, validation
 of policy bodies, linear time on hostile input, and the window against a whole-text scan."""
+import base64
+import random
 import time
 
 import pytest
@@ -126,17 +128,23 @@ def test_risk_grows_with_more_and_worse_findings():
     lambda n: "a" * n, lambda n: "1" * n, lambda n: "1-" * (n // 2), lambda n: "@a." * (n // 3),
     lambda n: "ignore all previous " * (n // 20), lambda n: "+1 (" * (n // 4), lambda n: "A" * n + "=",
     lambda n: ":" * n, lambda n: "-----BEGIN PRIVATE KEY-----" + "x" * n,
+    lambda n: base64.b64encode(random.Random(n).randbytes(n * 3 // 4)).decode(),  # rejected runs, rescanned
+    lambda n: "+4111111111111111 a:b:" * (n // 22),
 ])
 def test_linear_time_on_hostile_megabytes(make):
     small, large = make(100_000), make(1_000_000)
     scan(small)
-    started = time.perf_counter()
-    scan(small)
-    small_s = time.perf_counter() - started
-    started = time.perf_counter()
-    scan(large)
-    large_s = time.perf_counter() - started
+    small_s, large_s = best_time(scan, small), best_time(scan, large)  # the best of two: the machine is shared
     assert large_s < 2.0 and large_s < 25 * small_s + 0.05
+
+
+def best_time(fn, *args) -> float:
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 @given(st.text(max_size=400))
@@ -243,3 +251,99 @@ def test_regex_and_keyword_offsets_outside_ascii():
     regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"Zürich-\d+", "action": "redact"}))
     words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["café"], "action": "redact"}))
     assert R.mask("日本 Zürich-42 😀 and CAFÉ? café!", [regex, words]) == "日本 <t> 😀 and <w>? <w>!"
+
+
+# A rejected candidate never hides another entity's match (review of issue 11, finding 1).
+HIDDEN = [
+    ("https://github.com/acme/infrastructure/blob/main/deployment/ghp_aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3",
+     "ghp_aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3aB3"),
+    ("pay +4111111111111111", "4111111111111111"),
+    ("Q" * 30 + "+AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
+    ("a:b:123-45-6780", "123-45-6780"),
+    ("https://example.com/aGVsbG8gd29ybGQgdGhpcyBpcyBh/sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK",
+     "sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK"),
+]
+
+
+@pytest.mark.parametrize("text, value", HIDDEN)
+def test_a_rejected_candidate_never_hides_a_value(text, value):
+    assert value in [text[f.start:f.end] for f in scan(text)]
+    assert value not in R.mask(text, [rule()])
+
+
+# One value of every entity; each must be found after any prefix of URL-, path- and base64-like text.
+VALUES = {"EMAIL_ADDRESS": "jane.roe@example.org", "PHONE_NUMBER": "+44 20 7946 0958",
+          "CREDIT_CARD": "4111111111111111", "IBAN_CODE": "GB82WEST12345698765432", "US_SSN": "078-05-1121",
+          "IP_ADDRESS": "192.168.10.24", "API_KEY": "AKIAIOSFODNN7EXAMPLE",
+          "OPENAI": "sk-proj-Zx81Qw7TnB2vL5kR9mP3sA6dF0gH4jK", "GITHUB": "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+          "GOOGLE": "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY", "SLACK": "xoxb-123456789012-1234567890123-AbCdEfGhIjKl"}
+
+
+@given(st.text(alphabet="ABCabcxyz0123456789+/:.-", max_size=300), st.sampled_from(" +/:.-"),
+       st.sampled_from(sorted(VALUES)))
+@settings(max_examples=600, deadline=None)
+def test_any_entity_after_any_prefix_is_still_found(prefix, separator, name):
+    value = VALUES[name]
+    if name == "PHONE_NUMBER" and separator in "/.":
+        separator = " "  # "/+44…", ".+44…": a path or a version, never a phone number (phone_number())
+    text = prefix + separator + value
+    start = len(prefix) + 1
+    found = scan(text)
+    # Found where it is (an e-mail's local part may take in the prefix before it), or else every
+    # one of its characters is inside another finding: it never goes out whole.
+    covered = any(f.start <= start and f.end >= len(text) for f in found)
+    assert covered or value not in R.mask(text, [rule()]), (text, found)
+
+
+def test_a_certificate_inside_an_open_private_key_block_does_not_release_the_key():
+    window = Window([rule()], {}, set(), {})
+    body = "MIIEowIBAAKCAQEA7" * 30
+    text = ("-----BEGIN RSA PRIVATE KEY-----\n" + body + "\n-----BEGIN CERTIFICATE-----\n" + "Q" * 400
+            + "\n-----END RSA PRIVATE KEY-----\nbye")
+    out = [window.feed(text[i:i + 7]) for i in range(0, len(text), 7)]
+    assert not any("MIIE" in piece for piece in out)
+    assert "".join(out) + window.feed("", final=True) == "<API_KEY>\nbye"
+
+
+def test_a_regex_python_reads_otherwise_than_re2_holds_the_cap():
+    # Python's sre: "[a-z]{,1}" is 0-1 letters (width 2 with the x); RE2: the literal text "{,1}".
+    regex = R.Rule.compile(R.validate({"name": "t", "kind": "regex", "pattern": r"x[a-z]{,1}", "action": "redact"}))
+    assert regex.span == MAX_SPAN
+    text = "before xa{,1} after " + "w" * 300
+    out = streamed([regex], text, range(0, len(text), 3))
+    assert "".join(out) == R.mask(text, [regex]) == "before <t> after " + "w" * 300
+    assert not any("{," in piece for piece in out)
+
+
+@pytest.mark.parametrize("words, text, masked", [
+    (["café"], "un café, des cafés, CAFÉ!", "un <w>, des cafés, <w>!"),
+    (["секрет"], "это секрет; СЕКРЕТ. секреты", "это <w>; <w>. секреты"),
+    (["项目X"], "代号 项目X 和 项目XY", "代号 <w> 和 项目XY"),
+])
+def test_keywords_starting_or_ending_outside_ascii_are_whole_words(words, text, masked):
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": words, "action": "redact"}))
+    assert R.mask(text, [words]) == masked
+
+
+def test_a_300_character_email_streamed_in_7_character_chunks_never_comes_out_whole():
+    from proxy.guardrails.scan import SPANS
+
+    address = "a" * 60 + "." + "b" * 110 + "@" + "c" * 40 + "." + "d" * 20 + "." + "e" * 20 + "." + "f" * 30 + ".com"
+    assert len(address) >= 280 and SPANS["EMAIL_ADDRESS"] <= 254  # RFC 5321: at most 254 characters
+    text = "mail " + address + " bye"
+    out = "".join(streamed([rule(entities=["EMAIL_ADDRESS"])], text, range(0, len(text), 7)))
+    assert address not in out and "<EMAIL_ADDRESS>" in out and out == R.mask(text, [rule(entities=["EMAIL_ADDRESS"])])
+
+
+@given(st.lists(st.sampled_from(["jane.roe@", "example.org", " card 4111 ", "1111 1111 1111", " x", ""]),
+                min_size=1, max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_parts_are_masked_as_their_joined_text(texts):
+    rules = [rule()]
+    out = R.mask_parts(texts, rules)
+    assert len(out) == len(texts) and "".join(out) == R.mask("".join(texts), rules)
+
+
+def test_a_keyword_inside_a_longer_word_does_not_hide_an_overlapping_one():
+    words = R.Rule.compile(R.validate({"name": "w", "kind": "keywords", "words": ["a b", "b c"], "action": "redact"}))
+    assert R.mask("xa b c", [words]) == "xa <w>"

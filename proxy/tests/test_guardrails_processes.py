@@ -31,8 +31,10 @@ def test_both_workers_pick_up_a_new_policy(serve, fake):  # noqa: F811
         db.execute("insert into proxy_guardrailpolicy (name, kind, entities, pattern, words, action, \"on\", teams, "
                    "enabled, updated) values ('pii', 'pii', ?, '', '[]', 'block', 'prompt', '[]', 1, "
                    "datetime('now'))", (json.dumps(["EMAIL_ADDRESS"]),))
-    time.sleep(0.5)
-    statuses(4)  # the first request after the TTL starts the reload and may still see the old rules
-    time.sleep(0.3)
+    # The first request after the TTL starts a worker's reload and may still see the old rules:
+    # within a few seconds (the TTL, then a reload off the loop) every worker refuses.
+    deadline = time.monotonic() + 10
+    while set(statuses(6)) != {400} and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert set(statuses(20)) == {400}
     assert len(served.workers()) == 2

@@ -68,9 +68,9 @@ class LimitsPolicy(Policy):
         if lim.has_tokens or lim.has_budget:
             if not tokens.is_loaded():
                 await asyncio.to_thread(tokens.encoding)
-            prompt = estimate_prompt(call.chat)
-            cap = output_cap(call.request.body if call.is_native else call.chat,
-                             settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
+            sent = call.request.body if call.is_native else call.chat  # what the provider gets
+            prompt = estimate_prompt(sent)
+            cap = output_cap(sent, settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
         window = int(now // limits.WINDOW_S)
         window_ttl = 2 * limits.WINDOW_S
         period_id, rollover = limits.period_of(lim.period, now)

@@ -146,6 +146,29 @@ def test_refusals_in_both_formats_through_the_sdks(limited, gateway, fake_upstre
     assert [log.status_code for log in logs(gateway, 3)] == [200, 429, 429]
 
 
+def test_a_long_tool_description_or_system_prompt_counts_against_tpm_in_both_formats(limited, gateway, fake_upstream):
+    raw, _ = limited(tpm_limit=1000)
+    long = "Look the weather up for a city, with care. " * 2000  # about 20k tokens
+    claude = anthropic.Anthropic(base_url=gateway.proxy_url, api_key=raw, max_retries=0)
+    sdk = openai.OpenAI(base_url=gateway.proxy_url + "/v1", api_key=raw, max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(anthropic.RateLimitError):  # native pass-through: the body goes to Anthropic as it is
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, tools=[
+            {"name": "weather", "description": long, "input_schema": {"type": "object", "properties": {}}}])
+    with pytest.raises(anthropic.RateLimitError):
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, system=long)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="gpt-4.1", max_tokens=20, messages=hi, tools=[
+            {"type": "function", "function": {"name": "weather", "description": long, "parameters": {}}}])
+    assert not fake_upstream.requests
+    claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, system="Be brief.")
+    assert len(fake_upstream.requests) == 1
+    _, team = limited(tpm_limit=10_000)
+    raw = VirtualKey.issue(team, name="n")[1]
+    r = post(gateway, raw, chat(max_tokens=100, n=20))  # n completions, each up to max_tokens, are held
+    assert 10_000 - int(r.headers["x-ratelimit-remaining-tokens"]) >= 2000
+
+
 def test_the_openai_sdk_retry_honours_retry_after(limited, gateway, clock, fake_upstream):
     raw, _ = limited(rpm_limit=1)
     clock.now = (clock.now // 60) * 60 + 59.2  # the window rolls over in 0.8 s

@@ -152,6 +152,27 @@ def test_the_output_cap_is_the_requests_own_else_the_default():
     assert tokens.output_cap({"max_tokens": -5}, 4096) == 4096
 
 
+def test_the_output_cap_counts_every_completion_asked_for():
+    assert tokens.output_cap({"n": 50, "max_tokens": 1000}, 4096) == 50_000
+    assert tokens.output_cap({"n": 2, "best_of": 5, "max_tokens": 10}, 4096) == 50  # best_of are all generated
+    assert tokens.output_cap({"n": 3}, 100) == 300
+    assert tokens.output_cap({"n": True, "best_of": -2, "max_tokens": 10}, 4096) == 10
+
+
+def test_an_anthropic_body_counts_its_system_tools_and_any_other_field():
+    hi = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    base = tokens.estimate_prompt(hi)
+    long = "Look the weather up for a city, with care. " * 2000  # about 20k tokens
+    count = tokens.count_text(long)
+    tool = {"name": "weather", "description": long, "input_schema": {"type": "object", "properties": {}}}
+    assert tokens.estimate_prompt({**hi, "tools": [tool]}) >= base + count
+    assert tokens.estimate_prompt({**hi, "system": long}) >= base + count
+    assert tokens.estimate_prompt({**hi, "system": [{"type": "text", "text": long}]}) >= base + count
+    assert tokens.estimate_prompt({**hi, "future_field": {"text": long}}) >= base + count
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "A" * 100_000}}
+    assert tokens.estimate_prompt({**hi, "messages": [{"role": "user", "content": [pdf]}]}) < base + 2 * tokens.PER_IMAGE
+
+
 # --- periods --------------------------------------------------------------------------------
 
 def test_periods_roll_over_at_midnight_utc_and_on_the_first():

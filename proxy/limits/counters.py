@@ -17,15 +17,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
-from proxy.redis_sync import SyncRedis
+from proxy.redis_sync import SyncRedis, loop_client
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.5  # a call; a Redis that hangs costs the requests waiting on it this once, then the back-off
 CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
-MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
 MAX_AMOUNT = 2**53
@@ -162,21 +159,11 @@ class RedisCounters(SyncRedis):
         self.url = url
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (reserve, settle, semaphore): redis.asyncio binds to its loop
+        self._async: dict = {}  # event loop -> (client, semaphore, reserve, settle)
         self._sync = None
 
     def _scripts(self):
-        loop = asyncio.get_running_loop()
-        found = self._async.get(loop)
-        if found is None:
-            # At most MAX_CONNECTIONS calls at once, the others wait their turn: redis-py's pool
-            # would refuse the 101st (failing a burst open), its blocking pool costs ~20 us a call,
-            # and hundreds of connects at once time out. A semaphore's free path is nearly free.
-            client = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=CONNECT_TIMEOUT_S, retry_on_timeout=False)
-            found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE),
-                                         asyncio.Semaphore(MAX_CONNECTIONS))
-        return found
+        return loop_client(self._async, self.url, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, (_RESERVE, _SETTLE))[1:]
 
     def _check(self):
         if time.monotonic() < self.down_until:
@@ -195,7 +182,7 @@ class RedisCounters(SyncRedis):
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
-        reserve, _, turns = self._scripts()
+        turns, reserve, _ = self._scripts()
         try:
             async with turns:
                 self._check()  # it may have failed while this call waited its turn
@@ -213,7 +200,7 @@ class RedisCounters(SyncRedis):
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
-        _, settle, turns = self._scripts()
+        turns, _, settle = self._scripts()
         try:
             async with turns:
                 self._check()

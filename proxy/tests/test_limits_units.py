@@ -327,3 +327,65 @@ def test_the_lua_script_and_the_in_process_counters_agree(ops):
     import redis
 
     redis.Redis.from_url(REDIS).delete(*names)
+
+
+def test_a_refusal_says_how_much_is_settled_apart_from_held(counters):
+    spend = key()
+
+    async def main():
+        await counters.settle([(spend, 0, 10, 60)])
+        await counters.reserve([Counter(spend, 100, 1, 80, 0, 60)], "a")
+        with pytest.raises(Refused) as refused:
+            await counters.reserve([Counter(spend, 100, 30, 30, 0, 60)], "b")
+        assert (refused.value.current, refused.value.used) == (90, 10)
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_hold_never_settled_expires_and_a_late_or_repeated_settlement_counts_once(monkeypatch):
+    """A process killed mid-request leaves its holds: they free themselves after hold_life()."""
+    import redis
+
+    counters, spend, rpm = RedisCounters(REDIS), key(), key()
+    monkeypatch.setattr(store, "hold_life", lambda: 1)
+
+    async def main():
+        await counters.reserve([Counter(rpm, 10, 1, 0, 1, 60), Counter(spend, 100, 1, 80, 0, 0)], "crashed")
+        with pytest.raises(Refused):
+            await counters.reserve([Counter(spend, 100, 30, 30, 0, 0)], "next")
+        await asyncio.sleep(1.2)
+        assert await counters.reserve([Counter(spend, 100, 30, 30, 0, 0)], "next") == [(30, 30)]
+        for _ in range(2):  # the crashed hold's settlement, late and then retried: its use counts once
+            await counters.settle([(spend, 80, 50, 0)], "crashed", 1)
+        for _ in range(2):  # a settlement retried after a lost answer: released and counted once
+            await counters.settle([(spend, 30, 20, 0)], "next", 1)
+        assert counters.used([spend]) == [70]
+        assert await counters.reserve([Counter(spend, 100, 1, 0, 0, 0)]) == [(0, 70)]  # nothing held
+    asyncio.run(main())
+    client = redis.Redis.from_url(REDIS)
+    assert client.hkeys(rpm) == [b"used"]  # a counter that holds nothing tracks no hold
+    assert client.zcard(f"{spend}:h") == 0 and sorted(client.hkeys(spend)) == [b"held", b"used"]
+    client.delete(spend, rpm, f"{spend}:h")
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_settlements_redis_missed_are_retried_once_it_answers(monkeypatch):
+    counters, spend = RedisCounters(REDIS), key()
+    monkeypatch.setattr(store, "BACKOFF_S", 0.2)
+
+    async def main():
+        await counters.reserve([Counter(spend, 100, 1, 80, 0, 60)], "r")
+        counters.down_until = time.monotonic() + 0.2  # as after a failure
+        with pytest.raises(store.CountersDown):
+            await counters.settle([(spend, 80, 25, 60)], "r", 1)
+        counters.defer([(spend, 80, 25, 60)], "r", 1)
+        counters.defer([(spend, 0, 5, 60)])
+        assert counters.used([spend]) == [0]
+        await asyncio.wait_for(counters.retrying, 5)
+        assert not counters.pending
+    asyncio.run(main())
+    assert counters.used([spend]) == [30]
+    assert counters.last_used([spend, "other"]) == {spend: 30}  # what the reservation read, and settled since
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(spend)

@@ -79,13 +79,7 @@ class LimitsPolicy(Policy):
         period_ttl = limits.period_ttl(lim.period)
         worst = 0
         if lim.has_budget:
-            price = call.prices.lookup(call.route.provider, call.route.upstream_model)
-            if price is None and not settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED:
-                raise ClientError(f"Model '{call.route.upstream_model}' has no price in the price table, and "
-                                  f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
-                                  "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
-                                  status=403, param="model", code="model_unpriced")
-            worst = limits.nano(price.worst_case(prompt, cap)) if price else 0
+            worst = limits.nano(self._worst_case(call, principal, prompt, cap))
         counters, kinds, spend_keys = [], [], []
         for who, scope, rpm, tpm, budget in scopes:
             base = f"{prefix}:{scope}"
@@ -128,6 +122,33 @@ class LimitsPolicy(Policy):
         ex.state["limits"] = held  # settled in the log phase, whatever happens next
         ex.out.update(self._headers(counters, kinds, results, None))
         return None
+
+    @staticmethod
+    def _worst_case(call, principal, prompt: int, cap: int):
+        """The dearest cost of any target the request may be served by (a routing policy's later
+        targets too). Unpriced targets are refused (the first) or skipped (later ones, noted in
+        the routing reason) unless SMARTFLOW_LIMITS_ALLOW_UNPRICED: a budget never serves free."""
+        allow = settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED
+        price = call.prices.lookup(call.route.provider, call.route.upstream_model)
+        if price is None and not allow:
+            raise ClientError(f"Model '{call.route.upstream_model}' has no price in the price table, and "
+                              f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
+                              "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
+                              status=403, param="model", code="model_unpriced")
+        worst = price.worst_case(prompt, cap) if price else 0
+        plan = call.plan
+        if plan is None:
+            return worst
+        kept = plan.hops[:1]
+        for hop in plan.hops[1:]:
+            price = call.prices.lookup(hop.route.provider, hop.route.upstream_model)
+            if price is None and not allow:
+                plan.notes.append(f"{hop.key}: skipped (unpriced, and team '{principal.team}' has a budget)")
+                continue
+            kept.append(hop)
+            worst = max(worst, price.worst_case(prompt, cap) if price else 0)
+        plan.hops[:] = kept
+        return worst
 
     @staticmethod
     def _seed(shared, counters, kinds):

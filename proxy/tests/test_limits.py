@@ -285,6 +285,36 @@ def test_a_budget_held_by_requests_in_flight_is_a_short_wait_not_a_spent_budget(
     assert [log.status_code for log in logs(gateway, 2)] == [429, 200]
 
 
+def test_a_budget_holds_the_dearest_failover_target_and_never_fails_over_to_an_unpriced_one(
+        limited, gateway, clock, fake_upstream, routing_policy):
+    routing_policy("nano-then-opus", "failover", [
+        {"provider": "openai", "model": "gpt-4.1-nano"}, {"provider": "anthropic", "model": "claude-opus-4-1"},
+        {"provider": "openai", "model": "gpt-9-experimental"}], retry={"attempts": 0, "backoff_ms": 0})
+    raw, team = limited(budget_cap_usd=Decimal("10"))
+    spend = limits.spend_key(f"t{team.pk}", limits.period_of("monthly", clock.now)[0])
+    fake_upstream.script("openai", delay=1.0)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = asyncio.create_task(client.post(gateway.proxy_url + "/v1/chat/completions",
+                                                     json=chat(model="gpt-4.1-nano", max_tokens=1000),
+                                                     headers={"Authorization": f"Bearer {raw}"}))
+            held = await asyncio.to_thread(wait_for, lambda: counter(spend)[1])
+            return await answer, held
+    answer, held = asyncio.run(main())
+    assert answer.status_code == 200 and answer.headers["x-smartflow-provider"] == "openai"
+    assert held >= limits.nano(Decimal("0.075"))  # 1,000 out at Opus 4.1's $75 a million, not Nano's $0.4
+    settled(spend)
+    fake_upstream.script("openai", status=500)
+    fake_upstream.script("anthropic", status=500)
+    r = post(gateway, raw, chat(model="gpt-4.1-nano", max_tokens=5))
+    assert r.status_code >= 500
+    log = gateway.log(r.headers["x-smartflow-request-id"])
+    assert [hop["model"] for hop in log.routing["chain"]] == ["gpt-4.1-nano", "claude-opus-4-1"]  # never served free
+    assert "gpt-9-experimental: skipped (unpriced" in log.routing["reason"]
+    assert len(fake_upstream.requests) == 3
+
+
 def test_concurrent_requests_cannot_overrun_the_budget(limited, gateway, clock, fake_upstream):
     raw, team = limited(budget_cap_usd=Decimal("0.0003"))  # five requests' worth at $0.00006
 

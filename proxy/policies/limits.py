@@ -6,7 +6,9 @@ token and budget reservations are released in the log phase (nothing was used).
 Request phase (one counters call, atomic): rpm counts the request; tpm refuses when the prompt
 estimate alone exceeds what is left of the minute and holds prompt + output cap; a budget
 refuses when the period's spend (settled plus held) has reached the cap and holds the worst
-case cost. The key's own limits and its team's are separate counters, both checked: the
+case cost (of the dearest target a routing policy may fail over to). Redis holds expire if never
+settled; settlements Redis misses are retried; failing open, budgets start from the spend Redis
+last answered. The key's own limits and its team's are separate counters, both checked: the
 tighter decides. Log phase: the holds are swapped for the provider's usage and the cost of what
 served (the trace's provider and model), on a task off the request path.
 """
@@ -251,8 +253,9 @@ class LimitsPolicy(Policy):
         try:
             if backend is store.local:
                 await store.local.settle(items)
-                if shared is not store.local:  # served while Redis was down: its spend is Redis' too
-                    shared.defer([(key, 0, amount, ttl) for key, _, amount, ttl in items])
+                spent = [(key, 0, amount, ttl) for key, _, amount, ttl in items if amount]
+                if spent and shared is not store.local:  # served while Redis was down: its spend is Redis' too
+                    shared.defer(spent)
                 return
             await backend.settle(items, hold_id, tracked)
         except CountersDown:  # counted here meanwhile, and retried against Redis off the request path

@@ -124,6 +124,7 @@ def test_headers_on_every_answer_streams_included_before_the_first_event(limited
         assert b"data: [DONE]" in streamed.read()
     unlimited = post(gateway, limited()[0], chat())
     assert not any(h.startswith("x-ratelimit") for h in unlimited.headers)
+    assert len(logs(gateway, 3)) == 3  # the stream's trace too, before the next test reads the traces
 
 
 def test_refusals_in_both_formats_through_the_sdks(limited, gateway, fake_upstream):
@@ -329,6 +330,7 @@ def test_concurrent_requests_cannot_overrun_the_budget(limited, gateway, clock, 
     used, _ = settled(spend)
     # Each holds its worst case ($0.000056 for "hi" + 5 out) until settled: at most the cap's worth run.
     assert 1 <= served <= 6 and used == served * 60_000 and used <= 300_000 + 60_000
+    assert len(logs(gateway, 40)) == 40
 
 
 def test_a_cache_hit_counts_against_the_rate_but_not_tokens_or_budget(limited, gateway, clock, settings,
@@ -350,6 +352,7 @@ def test_a_cache_hit_counts_against_the_rate_but_not_tokens_or_budget(limited, g
     post(gateway, raw, body)
     assert post(gateway, raw, body).status_code == 429  # the fourth, hit or not
     assert len(fake_upstream.requests) == 1
+    assert len(logs(gateway, 4)) == 4  # each its trace, written before the next test reads the traces
 
 
 def test_a_stream_cancelled_midway_settles_at_what_was_used(limited, gateway, clock, fake_upstream):

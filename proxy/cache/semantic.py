@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from django.conf import settings
 
+from proxy.redis_sync import loop_client
+
 log = logging.getLogger(__name__)
 
 # What is embedded: the last MAX_CHARS characters of the text. The end of a
@@ -267,19 +269,14 @@ class RedisIndex(SemanticIndex):
     def __init__(self, url: str, prefix: str):
         self.url = url
         self.prefix = f"{prefix}:cache:semantic:"
-        self._clients: dict = {}  # event loop -> its redis.asyncio client (a client belongs to one loop)
+        self._clients: dict = {}  # event loop -> (client, semaphore): a client belongs to one loop
         self._down_until = 0.0
 
     def _client(self):
-        import redis.asyncio
+        return loop_client(self._clients, self.url, REDIS_TIMEOUT, REDIS_TIMEOUT)[0]
 
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            self._clients = {l: c for l, c in self._clients.items() if not l.is_closed()}
-            client = self._clients[loop] = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
-        return client
+    def _turns(self) -> asyncio.Semaphore:  # at most MAX_CONNECTIONS calls at once (redis_sync.loop_client)
+        return loop_client(self._clients, self.url, REDIS_TIMEOUT, REDIS_TIMEOUT)[1]
 
     def _keys(self, scope: str) -> tuple[bytes, bytes]:
         key = (self.prefix + scope).encode("utf-8", "surrogatepass")
@@ -302,7 +299,8 @@ class RedisIndex(SemanticIndex):
         pipe = self._client().pipeline(transaction=False)
         pipe.lrange(vkey, 0, PER_SCOPE - 1)
         pipe.lrange(kkey, 0, PER_SCOPE - 1)
-        return await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+        async with self._turns():
+            return await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
 
     async def search(self, scope, text):
         if self._is_down():
@@ -342,7 +340,8 @@ class RedisIndex(SemanticIndex):
                 # The lists live as long as their longest-lived entry.
                 pipe.expire(key, seconds, nx=True)
                 pipe.expire(key, seconds, gt=True)
-            await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
+            async with self._turns():
+                await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT)
         except Exception as error:
             self._failed("add", error)
 

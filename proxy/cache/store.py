@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from proxy.redis_sync import SyncRedis
+from proxy.redis_sync import SyncRedis, loop_client
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
@@ -106,22 +106,14 @@ class RedisStore(SyncRedis):
         self.sizes, self.expiry, self.total = f"{prefix}:sizes", f"{prefix}:expiry", f"{prefix}:bytes"
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (client, put script): redis.asyncio binds to its loop
+        self._async: dict = {}  # event loop -> (client, semaphore, put script)
         self._sync = None
 
     def entry(self, key: str) -> str:
         return f"{self.prefix}:e:{key}"
 
     def _client(self):
-        loop = asyncio.get_running_loop()
-        found = self._async.get(loop)
-        if found is None:
-            import redis.asyncio as aioredis
-
-            client = aioredis.Redis.from_url(self.url, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
-            found = self._async[loop] = (client, client.register_script(_PUT))
-        return found
+        return loop_client(self._async, self.url, SOCKET_TIMEOUT_S, SOCKET_TIMEOUT_S, (_PUT,))
 
     def _down(self, exc: Exception):
         if time.monotonic() >= self.down_until:
@@ -137,16 +129,26 @@ class RedisStore(SyncRedis):
 
     async def get(self, key: str) -> bytes | None:
         self._check()
+        client, turns, _ = self._client()
         try:
-            return await self._client()[0].get(self.entry(key))
+            async with turns:  # above MAX_CONNECTIONS lookups at once, the rest wait their turn
+                self._check()
+                return await client.get(self.entry(key))
+        except StoreDown:
+            raise
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean uncached
             self._down(exc)
 
     async def put(self, key: str, value: bytes, ttl: int):
         self._check()
+        _, turns, put = self._client()
         try:
-            await self._client()[1](keys=[self.entry(key), self.sizes, self.expiry, self.total],
-                                    args=[key, value, ttl, time.time() + ttl])
+            async with turns:
+                self._check()
+                await put(keys=[self.entry(key), self.sizes, self.expiry, self.total],
+                          args=[key, value, ttl, time.time() + ttl])
+        except StoreDown:
+            raise
         except Exception as exc:
             self._down(exc)
 

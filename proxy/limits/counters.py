@@ -15,20 +15,29 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
-from proxy.redis_sync import SyncRedis
+from proxy.redis_sync import SyncRedis, loop_client
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
 SOCKET_TIMEOUT_S = 0.5  # a call; a Redis that hangs costs the requests waiting on it this once, then the back-off
 CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
-MAX_CONNECTIONS = 64  # per process and event loop; a script call takes tens of microseconds
 
 
 MAX_AMOUNT = 2**53
+MAX_SEEN = 100_000  # last-known spends kept per process
+MAX_PENDING = 10_000  # settlements kept for Redis while it is down
+
+
+def hold_life() -> int:
+    """Seconds a Redis hold outlives its request at most: the longest a request may run (a routing
+    policy's attempts together, or one upstream call) plus 5 minutes. A process killed mid-request
+    leaves its holds this long; a stream that runs longer loses its hold (its use still counts)."""
+    from django.conf import settings
+
+    return int(max(settings.SMARTFLOW_ROUTING_TIMEOUT, settings.SMARTFLOW_UPSTREAM_TIMEOUT)) + 300
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,9 @@ class Counter:
 
 
 class Refused(Exception):
-    def __init__(self, index: int, current: int):
+    def __init__(self, index: int, current: int, used: int = 0):
         super().__init__(f"counter {index} refused at {current}")
-        self.index, self.current = index, current
+        self.index, self.current, self.used = index, current, used  # used: settled, without holds
 
 
 class CountersDown(Exception):
@@ -67,8 +76,9 @@ class MemoryCounters:
         self.lock = threading.Lock()
         self.next_sweep = 0.0
 
-    async def reserve(self, counters: list[Counter]) -> list[tuple[int, int]]:
-        """(held, used + held after) per counter, or Refused naming the first that failed."""
+    async def reserve(self, counters: list[Counter], hold_id: str = "") -> list[tuple[int, int]]:
+        """(held, used + held after) per counter, or Refused naming the first that failed. (Holds
+        here end with the process: no expiry, hold_id unused.)"""
         now = time.time()
         with self.lock:
             if now >= self.next_sweep:
@@ -77,7 +87,7 @@ class MemoryCounters:
             for i, (c, slot) in enumerate(zip(counters, slots)):
                 current = slot[0] + slot[1] if slot else 0
                 if c.limit is not None and current + c.need > c.limit:
-                    raise Refused(i, current)
+                    raise Refused(i, current, slot[0] if slot else 0)
             out = []
             for c, slot in zip(counters, slots):
                 if slot is None:
@@ -89,7 +99,7 @@ class MemoryCounters:
                 out.append((hold, slot[0] + slot[1]))
             return out
 
-    async def settle(self, items: list[tuple[str, int, int, int]]):
+    async def settle(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
         """(key, held, used, ttl) each: the reservation released, what was used counted."""
         now = time.time()
         with self.lock:
@@ -97,6 +107,15 @@ class MemoryCounters:
                 slot = self.values.setdefault(key, [0, 0, now + ttl if ttl > 0 else float("inf")])
                 slot[0] += used
                 slot[1] = max(0, slot[1] - held)
+
+    def seed(self, floors: dict[str, int], ttls: dict[str, int]):
+        """Settled amounts at least these (the last Redis answered, while it is down)."""
+        now = time.time()
+        with self.lock:
+            for key, used in floors.items():
+                ttl = ttls[key]
+                slot = self.values.setdefault(key, [0, 0, now + ttl if ttl > 0 else float("inf")])
+                slot[0] = max(slot[0], used)
 
     def used(self, keys: list[str]) -> list[int]:
         with self.lock:
@@ -111,17 +130,37 @@ class MemoryCounters:
         return {"ok": True, "backend": self.backend}
 
 
-# KEYS: the counters; ARGV: for each, limit (-1: none), need, hold, use, ttl. Answers
-# {0, index, current} when one refuses (nothing changed), else {1, held1, total1, held2, …}.
+# KEYS: the counters, then each one's holds (a sorted set: hold id -> expiry); ARGV: for each
+# counter limit (-1: none), need, hold, use, ttl; then the hold id ('': none), now and the holds'
+# lifetime. A counter asked to hold something (before clamping) records its hold as a field h:<id>
+# (the amount held) and in its holds. Expired holds are swept first, at most 50 a call: their amount
+# released, the field left as 'x' for one more lifetime so a late settlement counts its use once. Answers {0, index, current, used} when one refuses (nothing changed),
+# else {1, held1, total1, used1, held2, …}.
 _RESERVE = """
-local n = #KEYS
-local cur = {}
+local n = #KEYS / 2
+local base = 5 * n
+local id, now, life = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
+local cur, used = {}, {}
 for i = 1, n do
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[n + i], '-inf', now, 'LIMIT', 0, 50)
+  for _, old in ipairs(gone) do
+    local amount = redis.call('HGET', KEYS[i], 'h:' .. old)
+    if amount == 'x' or not amount then
+      redis.call('HDEL', KEYS[i], 'h:' .. old)
+      redis.call('ZREM', KEYS[n + i], old)
+    else
+      local left = redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -tonumber(amount)))
+      if left < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
+      redis.call('HSET', KEYS[i], 'h:' .. old, 'x')
+      redis.call('ZADD', KEYS[n + i], now + life, old)
+    end
+  end
   local v = redis.call('HMGET', KEYS[i], 'used', 'held')
-  cur[i] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+  used[i] = tonumber(v[1]) or 0
+  cur[i] = used[i] + (tonumber(v[2]) or 0)
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
-    return {0, i - 1, cur[i]}
+    return {0, i - 1, cur[i], used[i]}
   end
 end
 local out = {1}
@@ -129,25 +168,48 @@ for i = 1, n do
   local limit = tonumber(ARGV[5 * i - 4])
   local hold = tonumber(ARGV[5 * i - 2])
   local use = tonumber(ARGV[5 * i - 1])
+  local ttl = tonumber(ARGV[5 * i])
   if limit >= 0 then hold = math.max(0, math.min(hold, limit - cur[i] - use)) end
   if use ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', use)) end
   if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
-  if tonumber(ARGV[5 * i]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[5 * i]) end
+  if id ~= '' and tonumber(ARGV[5 * i - 2]) > 0 then
+    redis.call('HSET', KEYS[i], 'h:' .. id, string.format('%d', hold))
+    redis.call('ZADD', KEYS[n + i], now + life, id)
+    if ttl > 0 then redis.call('EXPIRE', KEYS[n + i], ttl) end
+  end
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
   out[#out + 1] = hold
   out[#out + 1] = cur[i] + use + hold
+  out[#out + 1] = used[i] + use
 end
 return out
 """
-# KEYS: the counters; ARGV: for each, held, used, ttl.
+# KEYS: the counters, then each one's holds; ARGV: for each, held, used, ttl; then the hold id and
+# how many of the first counters it reserved. There the hold's own field decides, so a settlement
+# retried after a lost answer counts once: gone (settled already) nothing; 'x' (expired, released by
+# a sweep) the use only; else the hold is released and the use counted. The others (spend counted
+# without a reservation) as told.
 _SETTLE = """
-for i = 1, #KEYS do
+local n = #KEYS / 2
+local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
+for i = 1, n do
   local held = tonumber(ARGV[3 * i - 2])
+  local count = true
+  if i <= tracked then
+    local amount = redis.call('HGET', KEYS[i], 'h:' .. id)
+    count = amount ~= false
+    held = (amount == false or amount == 'x') and 0 or tonumber(amount)
+    if count then
+      redis.call('HDEL', KEYS[i], 'h:' .. id)
+      redis.call('ZREM', KEYS[n + i], id)
+    end
+  end
   if held ~= 0 then
     local left = redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held))
     if left < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
   end
   local used = tonumber(ARGV[3 * i - 1])
-  if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
+  if count and used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
   if tonumber(ARGV[3 * i]) > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
 end
 """
@@ -162,21 +224,14 @@ class RedisCounters(SyncRedis):
         self.url = url
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (reserve, settle, semaphore): redis.asyncio binds to its loop
+        self._async: dict = {}  # event loop -> (client, semaphore, reserve, settle)
         self._sync = None
+        self.seen: dict[str, int] = {}  # limited counter -> the settled amount Redis last answered
+        self.pending: deque = deque(maxlen=MAX_PENDING)  # settlements waiting for Redis to answer again
+        self.retrying: asyncio.Task | None = None
 
     def _scripts(self):
-        loop = asyncio.get_running_loop()
-        found = self._async.get(loop)
-        if found is None:
-            # At most MAX_CONNECTIONS calls at once, the others wait their turn: redis-py's pool
-            # would refuse the 101st (failing a burst open), its blocking pool costs ~20 us a call,
-            # and hundreds of connects at once time out. A semaphore's free path is nearly free.
-            client = aioredis.Redis.from_url(self.url, max_connections=MAX_CONNECTIONS, socket_timeout=SOCKET_TIMEOUT_S,
-                                             socket_connect_timeout=CONNECT_TIMEOUT_S, retry_on_timeout=False)
-            found = self._async[loop] = (client.register_script(_RESERVE), client.register_script(_SETTLE),
-                                         asyncio.Semaphore(MAX_CONNECTIONS))
-        return found
+        return loop_client(self._async, self.url, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, (_RESERVE, _SETTLE))[1:]
 
     def _check(self):
         if time.monotonic() < self.down_until:
@@ -190,38 +245,84 @@ class RedisCounters(SyncRedis):
         self.last_error = type(exc).__name__
         raise CountersDown(str(exc)) from exc
 
-    async def reserve(self, counters: list[Counter]) -> list[tuple[int, int]]:
+    async def reserve(self, counters: list[Counter], hold_id: str = "") -> list[tuple[int, int]]:
+        """As MemoryCounters.reserve; with a hold id the holds expire after hold_life() unless
+        settled first (a process killed mid-request frees its holds)."""
         self._check()
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
-        reserve, _, turns = self._scripts()
+        args += [hold_id, f"{time.time():.3f}", hold_life()]
+        turns, reserve, _ = self._scripts()
         try:
             async with turns:
                 self._check()  # it may have failed while this call waited its turn
-                answer = await reserve(keys=[c.key for c in counters], args=args)
+                answer = await reserve(keys=[c.key for c in counters] + [f"{c.key}:h" for c in counters], args=args)
         except CountersDown:
             raise
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
         if answer[0] == 0:
-            raise Refused(int(answer[1]), int(answer[2]))
-        return [(int(answer[i]), int(answer[i + 1])) for i in range(1, len(answer), 2)]
+            index, used = int(answer[1]), int(answer[3])
+            self._saw(counters[index], used)
+            raise Refused(index, int(answer[2]), used)
+        out = []
+        for c, i in zip(counters, range(1, len(answer), 3)):
+            self._saw(c, int(answer[i + 2]))
+            out.append((int(answer[i]), int(answer[i + 1])))
+        return out
 
-    async def settle(self, items: list[tuple[str, int, int, int]]):
+    def _saw(self, counter: Counter, used: int):
+        if counter.limit is not None:
+            if len(self.seen) >= MAX_SEEN:  # keys carry their period: old ones are dropped wholesale
+                self.seen.clear()
+            self.seen[counter.key] = used
+
+    def last_used(self, keys: list[str]) -> dict[str, int]:
+        """The settled amounts this process last read from Redis, of those keys it has seen."""
+        return {key: self.seen[key] for key in keys if key in self.seen}
+
+    async def settle(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
+        """As MemoryCounters.settle; the first `tracked` items reserved under hold_id count once
+        however often this is retried."""
         self._check()
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
-        _, settle, turns = self._scripts()
+        args += [hold_id, tracked if hold_id else 0]
+        turns, _, settle = self._scripts()
         try:
             async with turns:
                 self._check()
-                await settle(keys=[item[0] for item in items], args=args)
+                await settle(keys=[item[0] for item in items] + [f"{item[0]}:h" for item in items], args=args)
         except CountersDown:
             raise
         except Exception as exc:
             self._down(exc)
+        for key, _, used, _ in items:  # this process's own spend since Redis last answered
+            if key in self.seen:
+                self.seen[key] += used
+
+    def defer(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
+        """A settlement Redis could not take now: retried off the request path once the back-off
+        ends (at most MAX_PENDING waiting; past that the oldest is dropped, logged)."""
+        if len(self.pending) == self.pending.maxlen:
+            log.warning("Limits: %s settlements wait for Redis; the oldest is dropped", len(self.pending))
+        self.pending.append((items, hold_id, tracked))
+        if self.retrying is None or self.retrying.done():
+            self.retrying = asyncio.get_running_loop().create_task(self._retry())
+
+    async def _retry(self):
+        while self.pending:
+            await asyncio.sleep(max(0.05, self.down_until - time.monotonic()))
+            while self.pending:
+                try:
+                    await self.settle(*self.pending[0])
+                except CountersDown:
+                    break
+                except Exception:
+                    log.exception("limits: a deferred settlement failed")
+                self.pending.popleft()
 
     def used(self, keys: list[str]) -> list[int]:
         """Settled amounts (management API, off the request path)."""

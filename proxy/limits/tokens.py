@@ -70,7 +70,8 @@ def _strings(value, out: list, images: list):
     if isinstance(value, str):
         out.append(value)
     elif isinstance(value, dict):
-        if value.get("type") in ("image_url", "image", "input_image"):
+        if value.get("type") in ("image_url", "image", "input_image") or (
+                value.get("type") == "base64" and "data" in value):  # an Anthropic image or PDF's bytes
             images.append(1)
             return
         for key, item in value.items():
@@ -81,23 +82,26 @@ def _strings(value, out: list, images: list):
             _strings(item, out, images)
 
 
-def estimate_prompt(chat: dict) -> int:
-    """Tokens of the messages, tools and response format (the internal OpenAI form)."""
+def estimate_prompt(body: dict) -> int:
+    """Tokens of the body as it is sent (the internal OpenAI form, or an Anthropic client's own
+    body): every string in it counts, so no field (system, tools, response format, one the
+    gateway does not know) carries a prompt past the token limit uncounted."""
     texts: list[str] = []
     images: list[int] = []
-    messages = chat.get("messages") or ()
-    for message in messages:
-        _strings(message, texts, images)
-    for key in ("tools", "functions", "response_format"):
-        if chat.get(key):
-            _strings(chat[key], texts, images)
-    return count_text("\n".join(texts)) + PER_MESSAGE * len(messages) + 3 + PER_IMAGE * len(images)
+    messages = body.get("messages")
+    for key, value in body.items():
+        if key != "model":
+            _strings(value, texts, images)
+    count = len(messages) if isinstance(messages, list) else 0
+    return count_text("\n".join(texts)) + PER_MESSAGE * count + 3 + PER_IMAGE * len(images)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def output_cap(chat: dict, default: int) -> int:
-    """The request's own output cap, else the default the operator set."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = chat.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+    """The request's own output cap (else the default the operator set) times the completions
+    it asks for: n choices (best_of generated) each up to the cap."""
+    cap = next((chat[key] for key in ("max_completion_tokens", "max_tokens") if _positive(chat.get(key))), default)
+    return cap * max((chat[key] for key in ("n", "best_of") if _positive(chat.get(key))), default=1)

@@ -6,7 +6,9 @@ token and budget reservations are released in the log phase (nothing was used).
 Request phase (one counters call, atomic): rpm counts the request; tpm refuses when the prompt
 estimate alone exceeds what is left of the minute and holds prompt + output cap; a budget
 refuses when the period's spend (settled plus held) has reached the cap and holds the worst
-case cost. The key's own limits and its team's are separate counters, both checked: the
+case cost (of the dearest target a routing policy may fail over to). Redis holds expire if never
+settled; settlements Redis misses are retried; failing open, budgets start from the spend Redis
+last answered. The key's own limits and its team's are separate counters, both checked: the
 tighter decides. Log phase: the holds are swapped for the provider's usage and the cost of what
 served (the trace's provider and model), on a task off the request path.
 """
@@ -30,6 +32,7 @@ from proxy.providers.base import ClientError
 from . import Exchange, Policy
 
 log = logging.getLogger(__name__)
+IN_FLIGHT_RETRY_S = 5  # a budget held (not spent) by requests in flight: soon free again
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Held:
     prompt: int = 0
     spend_keys: tuple[str, ...] = ()  # spend counted without a budget (the team's spent_usd)
     spend_ttl: int = 0
+    hold_id: str = ""  # the holds' id in Redis (they expire unless settled)
     unlimited: tuple | None = None  # (key id, team id, period): no limit at all, spend keys made if it cost
 
 
@@ -68,22 +72,16 @@ class LimitsPolicy(Policy):
         if lim.has_tokens or lim.has_budget:
             if not tokens.is_loaded():
                 await asyncio.to_thread(tokens.encoding)
-            prompt = estimate_prompt(call.chat)
-            cap = output_cap(call.request.body if call.is_native else call.chat,
-                             settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
+            sent = call.request.body if call.is_native else call.chat  # what the provider gets
+            prompt = estimate_prompt(sent)
+            cap = output_cap(sent, settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
         window = int(now // limits.WINDOW_S)
         window_ttl = 2 * limits.WINDOW_S
         period_id, rollover = limits.period_of(lim.period, now)
         period_ttl = limits.period_ttl(lim.period)
         worst = 0
         if lim.has_budget:
-            price = call.prices.lookup(call.route.provider, call.route.upstream_model)
-            if price is None and not settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED:
-                raise ClientError(f"Model '{call.route.upstream_model}' has no price in the price table, and "
-                                  f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
-                                  "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
-                                  status=403, param="model", code="model_unpriced")
-            worst = limits.nano(price.worst_case(prompt, cap)) if price else 0
+            worst = limits.nano(self._worst_case(call, principal, prompt, cap))
         counters, kinds, spend_keys = [], [], []
         for who, scope, rpm, tpm, budget in scopes:
             base = f"{prefix}:{scope}"
@@ -99,22 +97,23 @@ class LimitsPolicy(Policy):
                 kinds.append(("spend", who))
             else:
                 spend_keys.append(spend)
-        held = Held(None, counters, kinds, [0] * len(counters), prompt, tuple(spend_keys), period_ttl)
+        held = Held(None, counters, kinds, [0] * len(counters), prompt, tuple(spend_keys), period_ttl, ex.trace.id)
         backend = store.current()
         try:
             try:
-                results = await backend.reserve(counters)
+                results = await backend.reserve(counters, held.hold_id)
             except CountersDown:
                 if settings.SMARTFLOW_LIMITS_FAIL != "open":
                     raise ClientError("Rate limits cannot be checked right now (the limits store is "
                                       "unavailable); retry shortly.", status=503, type="api_error",
                                       code="limits_unavailable", retry_after=1) from None
+                self._seed(backend, counters, kinds)
                 backend = store.local  # fail open: served, counted in this process
                 results = await backend.reserve(counters)
         except Refused as refused:
             ex.out.update(self._headers(counters, kinds, None, refused))
             kind, who = kinds[refused.index]
-            err = self._refusal(principal, counters[refused.index], kind, who, refused.current, prompt,
+            err = self._refusal(principal, counters[refused.index], kind, who, refused, prompt,
                                 window, now, rollover)
             if err.retry_after is None or err.retry_after > 60:
                 ex.out["x-should-retry"] = "false"  # the SDKs' own retries would only be refused again
@@ -125,6 +124,48 @@ class LimitsPolicy(Policy):
         ex.state["limits"] = held  # settled in the log phase, whatever happens next
         ex.out.update(self._headers(counters, kinds, results, None))
         return None
+
+    @staticmethod
+    def _worst_case(call, principal, prompt: int, cap: int):
+        """The dearest cost of any target the request may be served by (a routing policy's later
+        targets too). Unpriced targets are refused (the first) or skipped (later ones, noted in
+        the routing reason) unless SMARTFLOW_LIMITS_ALLOW_UNPRICED: a budget never serves free."""
+        allow = settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED
+        price = call.prices.lookup(call.route.provider, call.route.upstream_model)
+        if price is None and not allow:
+            raise ClientError(f"Model '{call.route.upstream_model}' has no price in the price table, and "
+                              f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
+                              "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
+                              status=403, param="model", code="model_unpriced")
+        worst = price.worst_case(prompt, cap) if price else 0
+        plan = call.plan
+        if plan is None:
+            return worst
+        kept = plan.hops[:1]
+        for hop in plan.hops[1:]:
+            price = call.prices.lookup(hop.route.provider, hop.route.upstream_model)
+            if price is None and not allow:
+                plan.notes.append(f"{hop.key}: skipped (unpriced, and team '{principal.team}' has a budget)")
+                continue
+            kept.append(hop)
+            worst = max(worst, price.worst_case(prompt, cap) if price else 0)
+        plan.hops[:] = kept
+        return worst
+
+    @staticmethod
+    def _seed(shared, counters, kinds):
+        """Failing open, a budget is checked here from the spend Redis last answered this process
+        (its own settlements since added): never served past it. A budget it never read is
+        refused until Redis answers again (rates stay this process's own meanwhile)."""
+        budgets = [c for c, (kind, _) in zip(counters, kinds) if kind == "spend"]
+        if not budgets:
+            return
+        known = shared.last_used([c.key for c in budgets])
+        if len(known) < len(budgets):
+            raise ClientError("The budget cannot be checked right now (the limits store is unavailable "
+                              "and this gateway process has not read this period's spend yet); retry shortly.",
+                              status=503, type="api_error", code="limits_unavailable", retry_after=1)
+        store.local.seed(known, {c.key: c.ttl for c in budgets})
 
     @staticmethod
     def _headers(counters, kinds, results, refused) -> dict[str, str]:
@@ -149,8 +190,9 @@ class LimitsPolicy(Policy):
         return headers
 
     @staticmethod
-    def _refusal(principal, counter: Counter, kind: str, scope: str, current: int, prompt: int,
+    def _refusal(principal, counter: Counter, kind: str, scope: str, refused: Refused, prompt: int,
                  window: int, now: float, rollover: float | None) -> ClientError:
+        current = refused.current
         who = f"key {principal.key_prefix}…" if scope == "key" else f"team '{principal.team}'"
         window_wait = max(1, math.ceil((window + 1) * limits.WINDOW_S - now))
         if kind == "requests":
@@ -167,9 +209,14 @@ class LimitsPolicy(Policy):
                                f"Retry in {window_wait} s.", status=429, type="rate_limit_error",
                                code="rate_limit_exceeded", retry_after=window_wait)
         cap = limits.usd(counter.limit)
+        if refused.used < counter.limit:  # not spent: held by requests in flight, free again when they settle
+            return ClientError(f"Budget of {who} (${cap}) is reserved by requests in flight: "
+                               f"${limits.usd(refused.used)} spent, the rest held for answers not yet complete. "
+                               f"Retry in {IN_FLIGHT_RETRY_S} s.", status=429, type="rate_limit_error",
+                               code="budget_exceeded", retry_after=IN_FLIGHT_RETRY_S)
         when = (f"It renews in {math.ceil(rollover)} s (the period rolls over at 00:00 UTC)."
                 if rollover is not None else "It is a total budget: ask the operator to raise it.")
-        return ClientError(f"Budget exceeded for {who}: ${cap} spent or reserved by requests in flight. {when}",
+        return ClientError(f"Budget exceeded for {who}: ${cap} spent. {when}",
                            status=429, type="rate_limit_error", code="budget_exceeded",
                            retry_after=None if rollover is None else max(1, math.ceil(rollover)))
 
@@ -179,12 +226,13 @@ class LimitsPolicy(Policy):
             return
         trace = ex.trace
         tokens, cost = used(trace, held.prompt)
-        items = []
+        items, untracked = [], []  # reserved under the hold id first (Redis counts those once)
         for counter, (kind, _), amount in zip(held.counters, held.kinds, held.held):
-            if kind == "tokens":
-                items.append((counter.key, amount, tokens, counter.ttl))
-            elif kind == "spend":
-                items.append((counter.key, amount, cost, counter.ttl))
+            if kind != "requests":
+                (items if counter.hold > 0 else untracked).append(
+                    (counter.key, amount, tokens if kind == "tokens" else cost, counter.ttl))
+        tracked = len(items)
+        items += untracked
         if cost and held.unlimited:
             key_id, team_id, period = held.unlimited
             period_id = limits.period_of(period, limits.clock())[0]
@@ -194,18 +242,25 @@ class LimitsPolicy(Policy):
             items += [(key, 0, cost, held.spend_ttl) for key in held.spend_keys]
         if not items:
             return
-        task = asyncio.get_running_loop().create_task(self._settle(held.backend, items))
+        task = asyncio.get_running_loop().create_task(self._settle(held.backend, items, held.hold_id, tracked))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     @staticmethod
-    async def _settle(backend, items):
-        backend = backend or store.current()
+    async def _settle(backend, items, hold_id, tracked):
+        shared = store.current()
+        backend = backend or shared
         try:
-            await backend.settle(items)
-        except CountersDown:
-            if backend is not store.local:  # a Redis reservation expires with its window; count here meanwhile
-                await store.local.settle([(key, 0, amount, ttl) for key, _, amount, ttl in items])
+            if backend is store.local:
+                await store.local.settle(items)
+                spent = [(key, 0, amount, ttl) for key, _, amount, ttl in items if amount]
+                if spent and shared is not store.local:  # served while Redis was down: its spend is Redis' too
+                    shared.defer(spent)
+                return
+            await backend.settle(items, hold_id, tracked)
+        except CountersDown:  # counted here meanwhile, and retried against Redis off the request path
+            await store.local.settle([(key, 0, amount, ttl) for key, _, amount, ttl in items])
+            backend.defer(items, hold_id, tracked)
         except Exception:
             log.exception("limits: settling a request failed")
 

@@ -1,8 +1,14 @@
 """The in-process store: LRU bounded by bytes, TTL, O(1) stats."""
 import asyncio
+import os
 import time
+import uuid
 
-from proxy.cache.store import MemoryStore
+import pytest
+
+from proxy.cache.store import MemoryStore, RedisStore
+
+REDIS = os.environ.get("REDIS_URL")
 
 
 def test_least_recently_used_goes_first_and_bytes_stay_bounded():
@@ -37,3 +43,20 @@ def test_expired_entries_are_not_answered_and_are_dropped():
         return gone
     assert asyncio.run(scenario()) is None
     assert store.stats() == {"entries": 2, "bytes": 25, "ok": True}
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_200_concurrent_lookups_on_redis_are_all_served():
+    """redis-py's pool refuses its 101st connection (MaxConnectionsError: BYPASS, then a back-off
+    for everyone); the store's calls take turns instead."""
+    store = RedisStore(REDIS, f"test-{uuid.uuid4().hex}")
+
+    async def scenario():
+        await store.put("k", b"value", 60)
+        found = await asyncio.gather(*(store.get("k") for _ in range(200)), return_exceptions=True)
+        await asyncio.gather(*(store.put(f"k{i}", b"v", 60) for i in range(200)))
+        return found
+    found = asyncio.run(scenario())
+    assert found == [b"value"] * 200, {type(f).__name__ for f in found}
+    assert store.down_until == 0.0
+    store.clear()

@@ -124,6 +124,7 @@ def test_headers_on_every_answer_streams_included_before_the_first_event(limited
         assert b"data: [DONE]" in streamed.read()
     unlimited = post(gateway, limited()[0], chat())
     assert not any(h.startswith("x-ratelimit") for h in unlimited.headers)
+    assert len(logs(gateway, 3)) == 3  # the stream's trace too, before the next test reads the traces
 
 
 def test_refusals_in_both_formats_through_the_sdks(limited, gateway, fake_upstream):
@@ -144,6 +145,30 @@ def test_refusals_in_both_formats_through_the_sdks(limited, gateway, fake_upstre
     assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert len(fake_upstream.requests) == 1
     assert [log.status_code for log in logs(gateway, 3)] == [200, 429, 429]
+
+
+def test_a_long_tool_description_or_system_prompt_counts_against_tpm_in_both_formats(limited, gateway, fake_upstream):
+    raw, _ = limited(tpm_limit=1000)
+    long = "Look the weather up for a city, with care. " * 2000  # about 20k tokens
+    claude = anthropic.Anthropic(base_url=gateway.proxy_url, api_key=raw, max_retries=0)
+    sdk = openai.OpenAI(base_url=gateway.proxy_url + "/v1", api_key=raw, max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(anthropic.RateLimitError):  # native pass-through: the body goes to Anthropic as it is
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, tools=[
+            {"name": "weather", "description": long, "input_schema": {"type": "object", "properties": {}}}])
+    with pytest.raises(anthropic.RateLimitError):
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, system=long)
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="gpt-4.1", max_tokens=20, messages=hi, tools=[
+            {"type": "function", "function": {"name": "weather", "description": long, "parameters": {}}}])
+    assert not fake_upstream.requests
+    claude.messages.create(model="claude-sonnet-4-6", max_tokens=20, messages=hi, system="Be brief.")
+    assert len(fake_upstream.requests) == 1
+    _, team = limited(tpm_limit=10_000)
+    raw = VirtualKey.issue(team, name="n")[1]
+    r = post(gateway, raw, chat(max_tokens=100, n=20))  # n completions, each up to max_tokens, are held
+    assert 10_000 - int(r.headers["x-ratelimit-remaining-tokens"]) >= 2000
+    assert [log.status_code for log in logs(gateway, 5)] == [429, 429, 429, 200, 200]
 
 
 def test_the_openai_sdk_retry_honours_retry_after(limited, gateway, clock, fake_upstream):
@@ -242,6 +267,55 @@ def test_budget_reserves_settles_refuses_at_the_cap_and_rolls_over(limited, gate
     assert len(fake_upstream.requests) == 3
 
 
+def test_a_budget_held_by_requests_in_flight_is_a_short_wait_not_a_spent_budget(limited, gateway, clock,
+                                                                                 fake_upstream):
+    raw, team = limited(budget_cap_usd=Decimal("0.001"))
+    spend = limits.spend_key(f"t{team.pk}", limits.period_of("monthly", clock.now)[0])
+    backend = store.current()
+    # Another request (another process, say) holds all that is left.
+    asyncio.run(backend.reserve([store.Counter(spend, limits.nano("0.001"), 1, limits.nano("0.001"), 0, 60)], "other"))
+    sdk = openai.OpenAI(base_url=gateway.proxy_url + "/v1", api_key=raw, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        sdk.chat.completions.create(model="gpt-4.1", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "budget_exceeded" and "reserved by requests in flight" in refused.value.message
+    headers = refused.value.response.headers
+    assert headers["retry-after"] == "5" and "x-should-retry" not in headers  # the SDK may retry
+    asyncio.run(backend.settle([(spend, limits.nano("0.001"), 0, 60)], "other", 1))  # it answered, cost nothing
+    assert post(gateway, raw, chat(max_tokens=5)).status_code == 200
+    assert not fake_upstream.requests[1:]
+    assert [log.status_code for log in logs(gateway, 2)] == [429, 200]
+
+
+def test_a_budget_holds_the_dearest_failover_target_and_never_fails_over_to_an_unpriced_one(
+        limited, gateway, clock, fake_upstream, routing_policy):
+    routing_policy("nano-then-opus", "failover", [
+        {"provider": "openai", "model": "gpt-4.1-nano"}, {"provider": "anthropic", "model": "claude-opus-4-1"},
+        {"provider": "openai", "model": "gpt-9-experimental"}], retry={"attempts": 0, "backoff_ms": 0})
+    raw, team = limited(budget_cap_usd=Decimal("10"))
+    spend = limits.spend_key(f"t{team.pk}", limits.period_of("monthly", clock.now)[0])
+    fake_upstream.script("openai", delay=1.0)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = asyncio.create_task(client.post(gateway.proxy_url + "/v1/chat/completions",
+                                                     json=chat(model="gpt-4.1-nano", max_tokens=1000),
+                                                     headers={"Authorization": f"Bearer {raw}"}))
+            held = await asyncio.to_thread(wait_for, lambda: counter(spend)[1])
+            return await answer, held
+    answer, held = asyncio.run(main())
+    assert answer.status_code == 200 and answer.headers["x-smartflow-provider"] == "openai"
+    assert held >= limits.nano(Decimal("0.075"))  # 1,000 out at Opus 4.1's $75 a million, not Nano's $0.4
+    settled(spend)
+    fake_upstream.script("openai", status=500)
+    fake_upstream.script("anthropic", status=500)
+    r = post(gateway, raw, chat(model="gpt-4.1-nano", max_tokens=5))
+    assert r.status_code >= 500
+    log = gateway.log(r.headers["x-smartflow-request-id"])
+    assert [hop["model"] for hop in log.routing["chain"]] == ["gpt-4.1-nano", "claude-opus-4-1"]  # never served free
+    assert "gpt-9-experimental: skipped (unpriced" in log.routing["reason"]
+    assert len(fake_upstream.requests) == 3
+
+
 def test_concurrent_requests_cannot_overrun_the_budget(limited, gateway, clock, fake_upstream):
     raw, team = limited(budget_cap_usd=Decimal("0.0003"))  # five requests' worth at $0.00006
 
@@ -256,6 +330,7 @@ def test_concurrent_requests_cannot_overrun_the_budget(limited, gateway, clock, 
     used, _ = settled(spend)
     # Each holds its worst case ($0.000056 for "hi" + 5 out) until settled: at most the cap's worth run.
     assert 1 <= served <= 6 and used == served * 60_000 and used <= 300_000 + 60_000
+    assert len(logs(gateway, 40)) == 40
 
 
 def test_a_cache_hit_counts_against_the_rate_but_not_tokens_or_budget(limited, gateway, clock, settings,
@@ -277,6 +352,7 @@ def test_a_cache_hit_counts_against_the_rate_but_not_tokens_or_budget(limited, g
     post(gateway, raw, body)
     assert post(gateway, raw, body).status_code == 429  # the fourth, hit or not
     assert len(fake_upstream.requests) == 1
+    assert len(logs(gateway, 4)) == 4  # each its trace, written before the next test reads the traces
 
 
 def test_a_stream_cancelled_midway_settles_at_what_was_used(limited, gateway, clock, fake_upstream):
@@ -385,6 +461,50 @@ def test_redis_killed_mid_test_fails_open_counting_here_or_closed_with_503(limit
         assert r.status_code == 503 and r.json()["type"] == "error" and claude.status_code == 503
         assert len(fake_upstream.requests) == 5
     finally:
+        server.kill()
+        server.wait(5)
+
+
+def test_a_hung_redis_failing_open_serves_no_budget_past_its_last_known_spend_then_gets_the_spend(
+        limited, gateway, monkeypatch, tmp_path, clock, fake_upstream):
+    import shutil
+    import signal
+    import subprocess
+
+    from conftest import free_port
+
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: store.RedisCounters(url).status()["ok"])
+        own = store.RedisCounters(url)
+        monkeypatch.setattr(store, "current", lambda: own)
+        monkeypatch.setattr(store, "BACKOFF_S", 0.3)
+        over, team_over = limited(budget_cap_usd=Decimal("0.0001"))  # $0.00006 a request
+        fine, team_fine = limited(budget_cap_usd=Decimal("1"))
+        unseen, _ = limited(budget_cap_usd=Decimal("1"))
+        spend = {t: limits.spend_key(f"t{t.pk}", limits.period_of("monthly", clock.now)[0]) for t in (team_over, team_fine)}
+        assert [post(gateway, over, chat(max_tokens=5)).status_code for _ in range(2)] == [200, 200]
+        assert post(gateway, fine, chat(max_tokens=5)).status_code == 200
+        wait_for(lambda: own.used([spend[team_over], spend[team_fine]]) == [120_000, 60_000])
+        store.local.values.clear()  # what this process counted itself plays no part
+        server.send_signal(signal.SIGSTOP)  # hung: calls time out
+        r = post(gateway, over, chat(max_tokens=5))
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"  # over its cap in Redis
+        r = post(gateway, unseen, chat(max_tokens=5))  # a budget this process never read: not served blind
+        assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+        assert post(gateway, fine, chat(max_tokens=5)).status_code == 200  # under it: served, counted here
+        assert len(fake_upstream.requests) == 4
+        server.send_signal(signal.SIGCONT)
+        # The spend served meanwhile reaches Redis once it answers again.
+        wait_for(lambda: own.used([spend[team_fine]]) == [120_000], timeout=15)
+        assert [log.status_code for log in logs(gateway, 6)] == [200, 200, 200, 429, 503, 200]
+    finally:
+        server.send_signal(signal.SIGCONT)
         server.kill()
         server.wait(5)
 

@@ -152,6 +152,27 @@ def test_the_output_cap_is_the_requests_own_else_the_default():
     assert tokens.output_cap({"max_tokens": -5}, 4096) == 4096
 
 
+def test_the_output_cap_counts_every_completion_asked_for():
+    assert tokens.output_cap({"n": 50, "max_tokens": 1000}, 4096) == 50_000
+    assert tokens.output_cap({"n": 2, "best_of": 5, "max_tokens": 10}, 4096) == 50  # best_of are all generated
+    assert tokens.output_cap({"n": 3}, 100) == 300
+    assert tokens.output_cap({"n": True, "best_of": -2, "max_tokens": 10}, 4096) == 10
+
+
+def test_an_anthropic_body_counts_its_system_tools_and_any_other_field():
+    hi = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    base = tokens.estimate_prompt(hi)
+    long = "Look the weather up for a city, with care. " * 2000  # about 20k tokens
+    count = tokens.count_text(long)
+    tool = {"name": "weather", "description": long, "input_schema": {"type": "object", "properties": {}}}
+    assert tokens.estimate_prompt({**hi, "tools": [tool]}) >= base + count
+    assert tokens.estimate_prompt({**hi, "system": long}) >= base + count
+    assert tokens.estimate_prompt({**hi, "system": [{"type": "text", "text": long}]}) >= base + count
+    assert tokens.estimate_prompt({**hi, "future_field": {"text": long}}) >= base + count
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "A" * 100_000}}
+    assert tokens.estimate_prompt({**hi, "messages": [{"role": "user", "content": [pdf]}]}) < base + 2 * tokens.PER_IMAGE
+
+
 # --- periods --------------------------------------------------------------------------------
 
 def test_periods_roll_over_at_midnight_utc_and_on_the_first():
@@ -306,3 +327,65 @@ def test_the_lua_script_and_the_in_process_counters_agree(ops):
     import redis
 
     redis.Redis.from_url(REDIS).delete(*names)
+
+
+def test_a_refusal_says_how_much_is_settled_apart_from_held(counters):
+    spend = key()
+
+    async def main():
+        await counters.settle([(spend, 0, 10, 60)])
+        await counters.reserve([Counter(spend, 100, 1, 80, 0, 60)], "a")
+        with pytest.raises(Refused) as refused:
+            await counters.reserve([Counter(spend, 100, 30, 30, 0, 60)], "b")
+        assert (refused.value.current, refused.value.used) == (90, 10)
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_hold_never_settled_expires_and_a_late_or_repeated_settlement_counts_once(monkeypatch):
+    """A process killed mid-request leaves its holds: they free themselves after hold_life()."""
+    import redis
+
+    counters, spend, rpm = RedisCounters(REDIS), key(), key()
+    monkeypatch.setattr(store, "hold_life", lambda: 1)
+
+    async def main():
+        await counters.reserve([Counter(rpm, 10, 1, 0, 1, 60), Counter(spend, 100, 1, 80, 0, 0)], "crashed")
+        with pytest.raises(Refused):
+            await counters.reserve([Counter(spend, 100, 30, 30, 0, 0)], "next")
+        await asyncio.sleep(1.2)
+        assert await counters.reserve([Counter(spend, 100, 30, 30, 0, 0)], "next") == [(30, 30)]
+        for _ in range(2):  # the crashed hold's settlement, late and then retried: its use counts once
+            await counters.settle([(spend, 80, 50, 0)], "crashed", 1)
+        for _ in range(2):  # a settlement retried after a lost answer: released and counted once
+            await counters.settle([(spend, 30, 20, 0)], "next", 1)
+        assert counters.used([spend]) == [70]
+        assert await counters.reserve([Counter(spend, 100, 1, 0, 0, 0)]) == [(0, 70)]  # nothing held
+    asyncio.run(main())
+    client = redis.Redis.from_url(REDIS)
+    assert client.hkeys(rpm) == [b"used"]  # a counter that holds nothing tracks no hold
+    assert client.zcard(f"{spend}:h") == 0 and sorted(client.hkeys(spend)) == [b"held", b"used"]
+    client.delete(spend, rpm, f"{spend}:h")
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_settlements_redis_missed_are_retried_once_it_answers(monkeypatch):
+    counters, spend = RedisCounters(REDIS), key()
+    monkeypatch.setattr(store, "BACKOFF_S", 0.2)
+
+    async def main():
+        await counters.reserve([Counter(spend, 100, 1, 80, 0, 60)], "r")
+        counters.down_until = time.monotonic() + 0.2  # as after a failure
+        with pytest.raises(store.CountersDown):
+            await counters.settle([(spend, 80, 25, 60)], "r", 1)
+        counters.defer([(spend, 80, 25, 60)], "r", 1)
+        counters.defer([(spend, 0, 5, 60)])
+        assert counters.used([spend]) == [0]
+        await asyncio.wait_for(counters.retrying, 5)
+        assert not counters.pending
+    asyncio.run(main())
+    assert counters.used([spend]) == [30]
+    assert counters.last_used([spend, "other"]) == {spend: 30}  # what the reservation read, and settled since
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(spend)

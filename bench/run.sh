@@ -498,7 +498,7 @@ G.objects.create(name='bench-injection', kind='injection', action='flag', on='pr
     point_gateway_at "http://127.0.0.1:$PACED_PORT"
     start_gateway uvicorn
     preflight openai_request_stream.json ""
-    timeout 240 "$PY" "$BENCH/stream.py" measure --upstream "http://127.0.0.1:$PACED_PORT" \
+    BENCH_STREAM_HELD=1 timeout 240 "$PY" "$BENCH/stream.py" measure --upstream "http://127.0.0.1:$PACED_PORT" \
         --gateway "http://127.0.0.1:$GW_PORT" --key "$KEY" --gateway-pgid "$GW_PID" \
         --out "$TMP/stream-guardrails.txt" --json "$TMP/stream-guardrails.json" || STREAM_STATUS=$?
     stop_gateway

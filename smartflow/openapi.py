@@ -37,6 +37,15 @@ class DetailSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class DeletedSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+
+
+def envelope(name: str, data: type[serializers.Serializer], many: bool = False) -> type[serializers.Serializer]:
+    """The management API's answer around a body, {"success": true, "data": …}, for the schema."""
+    return type(name, (serializers.Serializer,), {"success": serializers.BooleanField(), "data": data(many=many)})
+
+
 AUTH_ERRORS = {
     401: OpenApiResponse(DetailSerializer, "No credential, or an invalid or expired one."),
     403: OpenApiResponse(DetailSerializer, "Signed in, but not allowed (admin only, or not a management key)."),

@@ -154,3 +154,10 @@ def _count_cases():
     yield
     if CASES:  # shown with -s
         print(f"\nschemathesis ran {sum(CASES.values())} cases: {dict(sorted(CASES.items()))}")
+
+
+def test_the_schema_builds_without_warnings(tmp_path):
+    """A warning is a wrong schema: two serializers of one name (both APIs' "Policy") became one component."""
+    from django.core.management import call_command
+
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))

@@ -7,14 +7,14 @@ from rest_framework.decorators import api_view, permission_classes
 from rest_framework.exceptions import ParseError
 from rest_framework.response import Response
 
-from smartflow.openapi import AUTH_ERRORS, ErrorSerializer
+from smartflow.openapi import AUTH_ERRORS, DeletedSerializer, ErrorSerializer, envelope
 from sso.api import IsAdmin
 
 from .rules import ACTIONS, KINDS, SIDES, Invalid, validate
 from .scan import PII_ENTITIES
 
 
-class PolicySerializer(serializers.Serializer):
+class GuardrailSerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.ChoiceField(KINDS)
     entities = serializers.ListField(child=serializers.ChoiceField(PII_ENTITIES), required=False,
@@ -27,18 +27,8 @@ class PolicySerializer(serializers.Serializer):
     enabled = serializers.BooleanField()
 
 
-class PolicyAnswer(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = PolicySerializer()
-
-
-class PolicyList(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = PolicySerializer(many=True)
-
-
-class Deleted(serializers.Serializer):
-    success = serializers.BooleanField()
+PolicyAnswer = envelope("GuardrailAnswer", GuardrailSerializer)
+PolicyList = envelope("GuardrailList", GuardrailSerializer, many=True)
 
 
 def _bad(message: str, status: int = 400) -> Response:
@@ -85,7 +75,7 @@ def _save(request, name: str | None = None) -> Response:
 @extend_schema(methods=["GET"], operation_id="guardrails_list", summary="The guardrail policies", tags=["guardrails"],
                responses={200: PolicyList, **AUTH_ERRORS})
 @extend_schema(methods=["POST"], operation_id="guardrails_create", summary="Add a guardrail policy",
-               tags=["guardrails"], request=PolicySerializer,
+               tags=["guardrails"], request=GuardrailSerializer,
                responses={200: PolicyAnswer, 400: ErrorSerializer, 409: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET", "POST"])
 @permission_classes([IsAdmin])
@@ -100,11 +90,11 @@ def guardrails_view(request):
 @extend_schema(methods=["GET"], operation_id="guardrails_read", summary="One guardrail policy", tags=["guardrails"],
                responses={200: PolicyAnswer, 404: ErrorSerializer, **AUTH_ERRORS})
 @extend_schema(methods=["PUT"], operation_id="guardrails_replace", summary="Replace a guardrail policy",
-               tags=["guardrails"], request=PolicySerializer,
+               tags=["guardrails"], request=GuardrailSerializer,
                responses={200: PolicyAnswer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer,
                           **AUTH_ERRORS})
 @extend_schema(methods=["DELETE"], operation_id="guardrails_delete", summary="Delete a guardrail policy",
-               tags=["guardrails"], responses={200: Deleted, 404: ErrorSerializer, **AUTH_ERRORS})
+               tags=["guardrails"], responses={200: DeletedSerializer, 404: ErrorSerializer, **AUTH_ERRORS})
 @api_view(["GET", "PUT", "DELETE"])
 @permission_classes([IsAdmin])
 def guardrail_view(request, name: str):

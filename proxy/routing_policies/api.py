@@ -9,7 +9,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.response import Response
 
 from proxy.models import RoutingPolicy
-from smartflow.openapi import AUTH_ERRORS, ErrorSerializer
+from smartflow.openapi import AUTH_ERRORS, DeletedSerializer, ErrorSerializer, envelope
 from sso.api import IsAdmin
 
 from . import spec
@@ -30,7 +30,7 @@ class RetrySerializer(serializers.Serializer):
                                           help_text="Base of the exponential backoff with full jitter (default 250).")
 
 
-class PolicySerializer(serializers.Serializer):
+class RoutingPolicySerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     strategy = serializers.ChoiceField(spec.STRATEGIES)
     targets = TargetSerializer(many=True)
@@ -46,18 +46,8 @@ class PolicySerializer(serializers.Serializer):
     priority = serializers.IntegerField(required=False, help_text="Lowest first (default 100); ties by name.")
 
 
-class PolicyAnswerSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = PolicySerializer()
-
-
-class PolicyListSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
-    data = PolicySerializer(many=True)
-
-
-class DeletedSerializer(serializers.Serializer):
-    success = serializers.BooleanField()
+PolicyAnswerSerializer = envelope("RoutingPolicyAnswer", RoutingPolicySerializer)
+PolicyListSerializer = envelope("RoutingPolicyList", RoutingPolicySerializer, many=True)
 
 
 def _body(request, name: str | None = None) -> dict:
@@ -90,7 +80,7 @@ def _answer(row: RoutingPolicy) -> dict:
 @extend_schema(methods=["GET"], operation_id="routing_policies_list", summary="The routing policies",
                tags=["routing"], responses={200: PolicyListSerializer, **AUTH_ERRORS})
 @extend_schema(methods=["POST"], operation_id="routing_policies_create", summary="Add a routing policy",
-               tags=["routing"], request=PolicySerializer,
+               tags=["routing"], request=RoutingPolicySerializer,
                responses={200: PolicyAnswerSerializer, 400: ErrorSerializer,
                           409: OpenApiResponse(ErrorSerializer, "A policy of that name exists (PUT replaces it)."),
                           **AUTH_ERRORS})
@@ -116,7 +106,7 @@ def policies_view(request):
 @extend_schema(methods=["GET"], operation_id="routing_policy_get", summary="One routing policy",
                tags=["routing"], responses={200: PolicyAnswerSerializer, 404: ErrorSerializer, **AUTH_ERRORS})
 @extend_schema(methods=["PUT"], operation_id="routing_policy_put", summary="Create or replace a routing policy",
-               tags=["routing"], request=PolicySerializer,
+               tags=["routing"], request=RoutingPolicySerializer,
                responses={200: PolicyAnswerSerializer, 400: ErrorSerializer, **AUTH_ERRORS})
 @extend_schema(methods=["DELETE"], operation_id="routing_policy_delete", summary="Remove a routing policy",
                tags=["routing"], responses={200: DeletedSerializer, 404: ErrorSerializer, **AUTH_ERRORS})

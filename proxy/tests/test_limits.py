@@ -4,6 +4,7 @@ With REDIS_URL set the gateway's counters are in Redis; without, in process: the
 """
 import asyncio
 import os
+import signal
 import time
 import uuid
 from decimal import Decimal
@@ -424,8 +425,9 @@ def test_cached_prompt_tokens_reach_the_trace_at_their_own_prices(limited, gatew
     assert costs == [Decimal("0.0021"), Decimal("0.00088")]
 
 
-def test_redis_killed_mid_test_fails_open_counting_here_or_closed_with_503(limited, gateway, monkeypatch, tmp_path,
-                                                                          settings, fake_upstream):
+@pytest.fixture
+def own_redis(monkeypatch, tmp_path):
+    """A redis-server of the test's own (to kill or hang) and the limits' counters on it."""
     import shutil
     import subprocess
 
@@ -442,71 +444,58 @@ def test_redis_killed_mid_test_fails_open_counting_here_or_closed_with_503(limit
         own = store.RedisCounters(url)
         monkeypatch.setattr(store, "current", lambda: own)
         monkeypatch.setattr(store, "BACKOFF_S", 0.3)
-        raw, team = limited(rpm_limit=4)
-        assert post(gateway, raw, chat()).status_code == 200  # counted in Redis
-        server.kill()
-        server.wait(5)
-        started = time.perf_counter()
-        down = [post(gateway, raw, chat()).status_code for _ in range(5)]
-        assert down == [200, 200, 200, 200, 429]  # open: served and counted in this process (4 a minute)
-        assert time.perf_counter() - started < 3
-        health = httpx.get(gateway.proxy_url + "/health", timeout=10).json()
-        assert "limits" in health["degraded"] and health["limits"]["on_failure"] == "open"
-        settings.SMARTFLOW_LIMITS_FAIL = "closed"
-        r = post(gateway, raw, chat())
-        assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
-        claude = post(gateway, raw, chat())  # and the Anthropic format
-        r = httpx.post(gateway.proxy_url + "/v1/messages", timeout=10, headers={"x-api-key": raw},
-                       json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-        assert r.status_code == 503 and r.json()["type"] == "error" and claude.status_code == 503
-        assert len(fake_upstream.requests) == 5
+        yield server, own
     finally:
+        server.send_signal(signal.SIGCONT)  # a test may leave it hung
         server.kill()
         server.wait(5)
+
+
+def test_redis_killed_mid_test_fails_open_counting_here_or_closed_with_503(limited, gateway, own_redis, settings,
+                                                                          fake_upstream):
+    server, _ = own_redis
+    raw, team = limited(rpm_limit=4)
+    assert post(gateway, raw, chat()).status_code == 200  # counted in Redis
+    server.kill()
+    server.wait(5)
+    started = time.perf_counter()
+    down = [post(gateway, raw, chat()).status_code for _ in range(5)]
+    assert down == [200, 200, 200, 200, 429]  # open: served and counted in this process (4 a minute)
+    assert time.perf_counter() - started < 3
+    health = httpx.get(gateway.proxy_url + "/health", timeout=10).json()
+    assert "limits" in health["degraded"] and health["limits"]["on_failure"] == "open"
+    settings.SMARTFLOW_LIMITS_FAIL = "closed"
+    r = post(gateway, raw, chat())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    claude = post(gateway, raw, chat())  # and the Anthropic format
+    r = httpx.post(gateway.proxy_url + "/v1/messages", timeout=10, headers={"x-api-key": raw},
+                   json={"model": "claude-sonnet-4-6", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 503 and r.json()["type"] == "error" and claude.status_code == 503
+    assert len(fake_upstream.requests) == 5
 
 
 def test_a_hung_redis_failing_open_serves_no_budget_past_its_last_known_spend_then_gets_the_spend(
-        limited, gateway, monkeypatch, tmp_path, clock, fake_upstream):
-    import shutil
-    import signal
-    import subprocess
-
-    from conftest import free_port
-
-    if not shutil.which("redis-server"):
-        pytest.skip("needs redis-server")
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: store.RedisCounters(url).status()["ok"])
-        own = store.RedisCounters(url)
-        monkeypatch.setattr(store, "current", lambda: own)
-        monkeypatch.setattr(store, "BACKOFF_S", 0.3)
-        over, team_over = limited(budget_cap_usd=Decimal("0.0001"))  # $0.00006 a request
-        fine, team_fine = limited(budget_cap_usd=Decimal("1"))
-        unseen, _ = limited(budget_cap_usd=Decimal("1"))
-        spend = {t: limits.spend_key(f"t{t.pk}", limits.period_of("monthly", clock.now)[0]) for t in (team_over, team_fine)}
-        assert [post(gateway, over, chat(max_tokens=5)).status_code for _ in range(2)] == [200, 200]
-        assert post(gateway, fine, chat(max_tokens=5)).status_code == 200
-        wait_for(lambda: own.used([spend[team_over], spend[team_fine]]) == [120_000, 60_000])
-        store.local.values.clear()  # what this process counted itself plays no part
-        server.send_signal(signal.SIGSTOP)  # hung: calls time out
-        r = post(gateway, over, chat(max_tokens=5))
-        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"  # over its cap in Redis
-        r = post(gateway, unseen, chat(max_tokens=5))  # a budget this process never read: not served blind
-        assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
-        assert post(gateway, fine, chat(max_tokens=5)).status_code == 200  # under it: served, counted here
-        assert len(fake_upstream.requests) == 4
-        server.send_signal(signal.SIGCONT)
-        # The spend served meanwhile reaches Redis once it answers again.
-        wait_for(lambda: own.used([spend[team_fine]]) == [120_000], timeout=15)
-        assert [log.status_code for log in logs(gateway, 6)] == [200, 200, 200, 429, 503, 200]
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.kill()
-        server.wait(5)
+        limited, gateway, own_redis, clock, fake_upstream):
+    server, own = own_redis
+    over, team_over = limited(budget_cap_usd=Decimal("0.0001"))  # $0.00006 a request
+    fine, team_fine = limited(budget_cap_usd=Decimal("1"))
+    unseen, _ = limited(budget_cap_usd=Decimal("1"))
+    spend = {t: limits.spend_key(f"t{t.pk}", limits.period_of("monthly", clock.now)[0]) for t in (team_over, team_fine)}
+    assert [post(gateway, over, chat(max_tokens=5)).status_code for _ in range(2)] == [200, 200]
+    assert post(gateway, fine, chat(max_tokens=5)).status_code == 200
+    wait_for(lambda: own.used([spend[team_over], spend[team_fine]]) == [120_000, 60_000])
+    store.local.values.clear()  # what this process counted itself plays no part
+    server.send_signal(signal.SIGSTOP)  # hung: calls time out
+    r = post(gateway, over, chat(max_tokens=5))
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"  # over its cap in Redis
+    r = post(gateway, unseen, chat(max_tokens=5))  # a budget this process never read: not served blind
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    assert post(gateway, fine, chat(max_tokens=5)).status_code == 200  # under it: served, counted here
+    assert len(fake_upstream.requests) == 4
+    server.send_signal(signal.SIGCONT)
+    # The spend served meanwhile reaches Redis once it answers again.
+    wait_for(lambda: own.used([spend[team_fine]]) == [120_000], timeout=15)
+    assert [log.status_code for log in logs(gateway, 6)] == [200, 200, 200, 429, 503, 200]
 
 
 @pytest.mark.skipif(not REDIS, reason="two processes share limits through Redis (REDIS_URL)")

@@ -464,22 +464,31 @@ fi
 [[ "${BENCH_LIMITS:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 ]] && limits_runs
 
 STREAM_STATUS=0
-if [[ "${BENCH_STREAM:-0}" == 1 ]]; then
-    # bench/stream.py: its own paced SSE upstream (aiohttp), a fresh gateway pointed at it; time to
-    # first text chunk at c=1, chunks/s at c=32, a paced stream, every stream checked. About 90 s.
-    echo "streaming (bench/stream.py: paced SSE upstream, direct vs through the gateway):"
-    read -r PACED_PORT <<<"$(free_ports 1)"
-    setsid "$PY" "$BENCH/stream.py" upstream --port "$PACED_PORT" >"$TMP/stream-upstream.log" 2>&1 &
-    PIDS+=($!)
-    wait_http "http://127.0.0.1:$PACED_PORT/"
+PACED_PORT=""
+# stream_measure NAME: bench/stream.py against its paced SSE upstream (started once) through a fresh
+# gateway pointed at it; the table goes to $TMP/NAME.txt, the figures to $TMP/NAME.json.
+stream_measure() {
+    if [[ -z $PACED_PORT ]]; then
+        read -r PACED_PORT <<<"$(free_ports 1)"
+        setsid "$PY" "$BENCH/stream.py" upstream --port "$PACED_PORT" >"$TMP/stream-upstream.log" 2>&1 &
+        PIDS+=($!)
+        wait_http "http://127.0.0.1:$PACED_PORT/"
+    fi
     point_gateway_at "http://127.0.0.1:$PACED_PORT"
     start_gateway uvicorn
     preflight openai_request_stream.json ""
     preflight openai_request_stream.json anthropic
     timeout 240 "$PY" "$BENCH/stream.py" measure --upstream "http://127.0.0.1:$PACED_PORT" \
         --gateway "http://127.0.0.1:$GW_PORT" --key "$KEY" --gateway-pgid "$GW_PID" \
-        --out "$TMP/stream.txt" --json "$TMP/stream.json" || STREAM_STATUS=$?
+        --out "$TMP/$1.txt" --json "$TMP/$1.json" || STREAM_STATUS=$?
     stop_gateway
+}
+
+if [[ "${BENCH_STREAM:-0}" == 1 ]]; then
+    # bench/stream.py: its own paced SSE upstream (aiohttp), a fresh gateway pointed at it; time to
+    # first text chunk at c=1, chunks/s at c=32, a paced stream, every stream checked. About 90 s.
+    echo "streaming (bench/stream.py: paced SSE upstream, direct vs through the gateway):"
+    stream_measure stream
 fi
 
 if [[ "${BENCH_GUARDRAILS:-0}" == 1 ]]; then
@@ -489,19 +498,7 @@ if [[ "${BENCH_GUARDRAILS:-0}" == 1 ]]; then
     "$PY" manage.py shell -c "from proxy.models import GuardrailPolicy as G; G.objects.all().delete(); \
 G.objects.create(name='bench-pii', kind='pii', action='redact', on='both'); \
 G.objects.create(name='bench-injection', kind='injection', action='flag', on='prompt')"
-    if [[ -z "${PACED_PORT:-}" ]]; then
-        read -r PACED_PORT <<<"$(free_ports 1)"
-        setsid "$PY" "$BENCH/stream.py" upstream --port "$PACED_PORT" >"$TMP/stream-upstream.log" 2>&1 &
-        PIDS+=($!)
-        wait_http "http://127.0.0.1:$PACED_PORT/"
-    fi
-    point_gateway_at "http://127.0.0.1:$PACED_PORT"
-    start_gateway uvicorn
-    preflight openai_request_stream.json ""
-    BENCH_STREAM_HELD=1 timeout 240 "$PY" "$BENCH/stream.py" measure --upstream "http://127.0.0.1:$PACED_PORT" \
-        --gateway "http://127.0.0.1:$GW_PORT" --key "$KEY" --gateway-pgid "$GW_PID" \
-        --out "$TMP/stream-guardrails.txt" --json "$TMP/stream-guardrails.json" || STREAM_STATUS=$?
-    stop_gateway
+    BENCH_STREAM_HELD=1 stream_measure stream-guardrails
     "$PY" manage.py shell -c "from proxy.models import GuardrailPolicy as G; G.objects.filter(name__startswith='bench-').delete()"
 fi
 

@@ -2,6 +2,7 @@
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -198,3 +199,37 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """start(*args) -> (process, url): a redis-server of the test's own, to kill or hang (SIGSTOP)."""
+    import subprocess
+
+    import redis
+
+    if not shutil.which("redis-server"):
+        pytest.skip("needs redis-server")
+    started = []
+
+    def start(*args: str):
+        port = free_port()
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
+                                   "--dir", str(tmp_path), *args], stdout=subprocess.DEVNULL)
+        started.append(server)
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def answers():
+            try:
+                return redis.Redis.from_url(url, socket_timeout=1).ping()
+            except redis.AuthenticationError:
+                return True
+            except redis.RedisError:
+                return False
+        wait_for(answers)
+        return server, url
+    yield start
+    for server in started:
+        server.send_signal(signal.SIGCONT)  # a test may leave it hung
+        server.kill()
+        server.wait(5)

@@ -49,17 +49,26 @@ def usd(nano_usd: int) -> Decimal:
 
 def period_of(period: str, now: float) -> tuple[str, float | None]:
     """(the period's id, seconds until it rolls over; None for 'total')."""
-    at = datetime.fromtimestamp(now, timezone.utc)
     if period == "total":
         return "total", None
+    known = _periods.get(period)
+    if known is None or not known[0] <= now < known[1]:  # datetime arithmetic once a period, not per request
+        known = _periods[period] = _period_bounds(period, now)
+    return known[2], known[1] - now
+
+
+_periods: dict[str, tuple[float, float, str]] = {}
+
+
+def _period_bounds(period: str, now: float) -> tuple[float, float, str]:
+    """(start, end, id) of the daily or monthly period (UTC) holding now."""
+    at = datetime.fromtimestamp(now, timezone.utc)
     if period == "daily":
         start = at.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start.timestamp() + 86400
-        return f"d{at:%Y%m%d}", end - now
+        return start.timestamp(), start.timestamp() + 86400, f"d{at:%Y%m%d}"
     first = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     year, month = (first.year + 1, 1) if first.month == 12 else (first.year, first.month + 1)
-    following = first.replace(year=year, month=month)
-    return f"m{at:%Y%m}", following.timestamp() - now
+    return first.timestamp(), first.replace(year=year, month=month).timestamp(), f"m{at:%Y%m}"
 
 
 def period_ttl(period: str) -> int:

@@ -18,7 +18,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from proxy.redis_sync import SyncRedis, loop_client
+from proxy.redis_pipe import Script, loop_pipe
+from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
@@ -130,34 +131,29 @@ class MemoryCounters:
         return {"ok": True, "backend": self.backend}
 
 
-# KEYS: the counters, then each one's holds (a sorted set: hold id -> expiry); ARGV: for each
-# counter limit (-1: none), need, hold, use, ttl; then the hold id ('': none), now and the holds'
-# lifetime. A counter asked to hold something (before clamping) records its hold as a field h:<id>
-# (the amount held) and in its holds. Expired holds are swept first, at most 50 a call: their amount
-# released, the field left as 'x' for one more lifetime so a late settlement counts its use once. Answers {0, index, current, used} when one refuses (nothing changed),
-# else {1, held1, total1, used1, held2, …}.
-_RESERVE = """
-local n = #KEYS / 2
-local base = 5 * n
-local id, now, life = ARGV[base + 1], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-local cur, used = {}, {}
+# Holds with an id are counted in the field b:<bucket> of the time bucket they were made in, a
+# quarter of hold_life() wide; the five latest buckets count, so a hold never settled stops counting
+# between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
+# cost per call. h:<id> records a hold's bucket until it is settled, so a settlement retried after a lost
+# answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
+# ('': none), now and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
+# changed), else {1, held1, total1, used1, held2, ...}.
+_RESERVE = Script("""
+local n = #KEYS
+local id = ARGV[5 * n + 1]
+local bucket = math.floor(tonumber(ARGV[5 * n + 2]) / (tonumber(ARGV[5 * n + 3]) / 4))
+local fields = {'used', 'held'}
+for b = bucket - 4, bucket do fields[#fields + 1] = 'b:' .. b end
+local cur, used, fresh, open = {}, {}, {}, {}
 for i = 1, n do
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[n + i], '-inf', now, 'LIMIT', 0, 50)
-  for _, old in ipairs(gone) do
-    local amount = redis.call('HGET', KEYS[i], 'h:' .. old)
-    if amount == 'x' or not amount then
-      redis.call('HDEL', KEYS[i], 'h:' .. old)
-      redis.call('ZREM', KEYS[n + i], old)
-    else
-      local left = redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -tonumber(amount)))
-      if left < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
-      redis.call('HSET', KEYS[i], 'h:' .. old, 'x')
-      redis.call('ZADD', KEYS[n + i], now + life, old)
-    end
-  end
-  local v = redis.call('HMGET', KEYS[i], 'used', 'held')
+  local v = redis.call('HMGET', KEYS[i], unpack(fields))
+  local held = 0
+  for j = 2, 7 do held = held + (tonumber(v[j]) or 0) end
   used[i] = tonumber(v[1]) or 0
-  cur[i] = used[i] + (tonumber(v[2]) or 0)
+  cur[i] = used[i] + held
+  fresh[i] = not v[1]
+  open[i] = not v[7]
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
     return {0, i - 1, cur[i], used[i]}
@@ -166,53 +162,59 @@ end
 local out = {1}
 for i = 1, n do
   local limit = tonumber(ARGV[5 * i - 4])
-  local hold = tonumber(ARGV[5 * i - 2])
+  local asked = tonumber(ARGV[5 * i - 2])
   local use = tonumber(ARGV[5 * i - 1])
   local ttl = tonumber(ARGV[5 * i])
+  local hold = asked
   if limit >= 0 then hold = math.max(0, math.min(hold, limit - cur[i] - use)) end
-  if use ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', use)) end
-  if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
-  if id ~= '' and tonumber(ARGV[5 * i - 2]) > 0 then
-    redis.call('HSET', KEYS[i], 'h:' .. id, string.format('%d', hold))
-    redis.call('ZADD', KEYS[n + i], now + life, id)
-    if ttl > 0 then redis.call('EXPIRE', KEYS[n + i], ttl) end
+  if use ~= 0 or fresh[i] then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', use)) end
+  if id == '' then
+    if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
+  elseif asked > 0 then
+    if hold ~= 0 then
+      if open[i] then redis.call('HDEL', KEYS[i], 'b:' .. (bucket - 5)) end
+      redis.call('HINCRBY', KEYS[i], 'b:' .. bucket, string.format('%d', hold))
+    end
+    redis.call('HSET', KEYS[i], 'h:' .. id, bucket)
   end
-  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
+  if fresh[i] and ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
   out[#out + 1] = hold
   out[#out + 1] = cur[i] + use + hold
   out[#out + 1] = used[i] + use
 end
 return out
-"""
-# KEYS: the counters, then each one's holds; ARGV: for each, held, used, ttl; then the hold id and
-# how many of the first counters it reserved. There the hold's own field decides, so a settlement
-# retried after a lost answer counts once: gone (settled already) nothing; 'x' (expired, released by
-# a sweep) the use only; else the hold is released and the use counted. The others (spend counted
-# without a reservation) as told.
-_SETTLE = """
-local n = #KEYS / 2
+""")
+# KEYS: the counters; ARGV: for each, held, used, ttl; then the hold id, how many of the first counters
+# it reserved, now and the holds' lifetime. There the hold's own field decides, so a settlement retried
+# after a lost answer counts once: gone (settled already) nothing; its bucket too old (no longer
+# counted) the use only; else the hold is released and the use counted. The others (spend counted
+# without a reservation, holds without an id) as told.
+_SETTLE = Script("""
+local n = #KEYS
 local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
+local bucket = math.floor(tonumber(ARGV[3 * n + 3]) / (tonumber(ARGV[3 * n + 4]) / 4))
 for i = 1, n do
   local held = tonumber(ARGV[3 * i - 2])
   local count = true
   if i <= tracked then
-    local amount = redis.call('HGET', KEYS[i], 'h:' .. id)
-    count = amount ~= false
-    held = (amount == false or amount == 'x') and 0 or tonumber(amount)
+    local at = redis.call('HGET', KEYS[i], 'h:' .. id)
+    count = at ~= false
     if count then
       redis.call('HDEL', KEYS[i], 'h:' .. id)
-      redis.call('ZREM', KEYS[n + i], id)
+      at = tonumber(at)
+      if held ~= 0 and at >= bucket - 4 then
+        local field = 'b:' .. at
+        if redis.call('HINCRBY', KEYS[i], field, string.format('%d', -held)) <= 0 then redis.call('HDEL', KEYS[i], field) end
+      end
     end
-  end
-  if held ~= 0 then
-    local left = redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held))
-    if left < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
+  elseif held ~= 0 then
+    if redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held)) < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
   end
   local used = tonumber(ARGV[3 * i - 1])
   if count and used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
-  if tonumber(ARGV[3 * i]) > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
+  if i > tracked and tonumber(ARGV[3 * i]) > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
 end
-"""
+""")
 
 
 class RedisCounters(SyncRedis):
@@ -224,14 +226,14 @@ class RedisCounters(SyncRedis):
         self.url = url
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (client, semaphore, reserve, settle)
+        self._pipes: dict = {}  # event loop -> its Pipe
         self._sync = None
         self.seen: dict[str, int] = {}  # limited counter -> the settled amount Redis last answered
         self.pending: deque = deque(maxlen=MAX_PENDING)  # settlements waiting for Redis to answer again
         self.retrying: asyncio.Task | None = None
 
-    def _scripts(self):
-        return loop_client(self._async, self.url, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S, (_RESERVE, _SETTLE))[1:]
+    def _pipe(self):
+        return loop_pipe(self._pipes, self.url, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S)
 
     def _check(self):
         if time.monotonic() < self.down_until:
@@ -246,20 +248,15 @@ class RedisCounters(SyncRedis):
         raise CountersDown(str(exc)) from exc
 
     async def reserve(self, counters: list[Counter], hold_id: str = "") -> list[tuple[int, int]]:
-        """As MemoryCounters.reserve; with a hold id the holds expire after hold_life() unless
-        settled first (a process killed mid-request frees its holds)."""
+        """As MemoryCounters.reserve; with a hold id the holds stop counting 1 to 1.25 hold_life()s
+        later unless settled first (a process killed mid-request frees its holds)."""
         self._check()
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
         args += [hold_id, f"{time.time():.3f}", hold_life()]
-        turns, reserve, _ = self._scripts()
         try:
-            async with turns:
-                self._check()  # it may have failed while this call waited its turn
-                answer = await reserve(keys=[c.key for c in counters] + [f"{c.key}:h" for c in counters], args=args)
-        except CountersDown:
-            raise
+            answer = await self._pipe().script(_RESERVE, [c.key for c in counters], args)
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
         if answer[0] == 0:
@@ -289,14 +286,9 @@ class RedisCounters(SyncRedis):
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
-        args += [hold_id, tracked if hold_id else 0]
-        turns, _, settle = self._scripts()
+        args += [hold_id, tracked if hold_id else 0, f"{time.time():.3f}", hold_life()]
         try:
-            async with turns:
-                self._check()
-                await settle(keys=[item[0] for item in items] + [f"{item[0]}:h" for item in items], args=args)
-        except CountersDown:
-            raise
+            await self._pipe().script(_SETTLE, [item[0] for item in items], args, lazy=True)
         except Exception as exc:
             self._down(exc)
         for key, _, used, _ in items:  # this process's own spend since Redis last answered

@@ -65,6 +65,35 @@ def count_text(text: str) -> int:
     return counted + int(rest * per_byte + 0.999)
 
 
+MEMO_CHARS = 2048  # strings up to this long have their counts remembered
+MEMO_SIZE = 16_384
+_memo: dict[int, int] = {}  # hash of a string -> its tokens (the hash only: no prompt kept)
+
+
+def count_texts(texts: list[str]) -> int:
+    """Tokens of the strings of one body. A chat resends its whole history every turn and a system
+    prompt or tool list repeats across requests, so each short string's count is remembered (a
+    tokenizer call also lets the event loop's thread wait for the GIL). At most SAMPLE_CHARS of
+    new short text is encoded exactly; the rest is estimated together as count_text does."""
+    total, fresh, rest = 0, 0, []
+    for text in texts:
+        if len(text) > MEMO_CHARS:
+            rest.append(text)
+            continue
+        key = hash(text)
+        known = _memo.get(key)
+        if known is None:
+            if fresh + len(text) > SAMPLE_CHARS:
+                rest.append(text)
+                continue
+            fresh += len(text)
+            if len(_memo) >= MEMO_SIZE:
+                _memo.clear()
+            known = _memo[key] = len(encoding().encode_ordinary(text))
+        total += known
+    return total + (count_text("\n".join(rest)) if rest else 0)
+
+
 def _strings(value, out: list, images: list):
     """The text a part holds (content parts, tool-call arguments), images counted apart."""
     if isinstance(value, str):
@@ -93,7 +122,7 @@ def estimate_prompt(body: dict) -> int:
         if key != "model":
             _strings(value, texts, images)
     count = len(messages) if isinstance(messages, list) else 0
-    return count_text("\n".join(texts)) + PER_MESSAGE * count + 3 + PER_IMAGE * len(images)
+    return count_texts(texts) + PER_MESSAGE * count + 3 + PER_IMAGE * len(images)
 
 
 def _positive(value) -> bool:

@@ -67,8 +67,8 @@ def counter(key: str) -> tuple[int, int]:
     if REDIS:
         import redis
 
-        used, held = redis.Redis.from_url(REDIS).hmget(key, "used", "held")
-        return int(used or 0), int(held or 0)
+        fields = redis.Redis.from_url(REDIS).hgetall(key)  # held: 'held' and the holds' time buckets b:*
+        return int(fields.get(b"used", 0)), sum(int(v) for k, v in fields.items() if k == b"held" or k[:2] == b"b:")
     slot = store.local.values.get(key, [0, 0])
     return slot[0], slot[1]
 
@@ -426,29 +426,13 @@ def test_cached_prompt_tokens_reach_the_trace_at_their_own_prices(limited, gatew
 
 
 @pytest.fixture
-def own_redis(monkeypatch, tmp_path):
+def own_redis(monkeypatch, redis_server):
     """A redis-server of the test's own (to kill or hang) and the limits' counters on it."""
-    import shutil
-    import subprocess
-
-    from conftest import free_port
-
-    if not shutil.which("redis-server"):
-        pytest.skip("needs redis-server")
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: store.RedisCounters(url).status()["ok"])
-        own = store.RedisCounters(url)
-        monkeypatch.setattr(store, "current", lambda: own)
-        monkeypatch.setattr(store, "BACKOFF_S", 0.3)
-        yield server, own
-    finally:
-        server.send_signal(signal.SIGCONT)  # a test may leave it hung
-        server.kill()
-        server.wait(5)
+    server, url = redis_server()
+    own = store.RedisCounters(url)
+    monkeypatch.setattr(store, "current", lambda: own)
+    monkeypatch.setattr(store, "BACKOFF_S", 0.3)
+    return server, own
 
 
 def test_redis_killed_mid_test_fails_open_counting_here_or_closed_with_503(limited, gateway, own_redis, settings,

@@ -1,0 +1,177 @@
+"""A pipelined asyncio Redis client for the request path's scripts: one connection per event loop,
+every call written at once and answered in order, replies parsed by hiredis.
+
+redis-py's asyncio client spends ~100 us of Python per call (a pool checkout, a health check, packing
+in Python, a retry wrapper): per request, more than the whole gateway's budget. Here a call is one
+packed write and one future. Redis answers a connection's commands in the order they came, so the
+futures wait in a queue. A call that is not answered within the timeout aborts the connection and
+fails every call waiting on it (their answers can no longer be matched); the next call reconnects.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from collections import deque
+
+import hiredis
+
+LAZY_S = 0.005
+
+
+class RedisError(Exception):
+    """An error reply (the command reached Redis and was refused)."""
+
+
+class Script:
+    def __init__(self, text: str):
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self):
+        self.reader = hiredis.Reader()
+        self.pending: deque = deque()  # (future, timeout handle), in the order the commands were written
+        self.transport = None
+        self.lost = self.timed_out = False
+        self.buffer: list[bytes] = []  # packed commands not written yet
+        self.soon = self.later = None  # the handles that will write them
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.reader.feed(data)
+        pending = self.pending
+        try:
+            while (reply := self.reader.gets()) is not False:
+                future, timer = pending.popleft()
+                timer.cancel()
+                if future.done():
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(RedisError(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError):  # garbage, or an answer nobody asked for
+            self.transport.abort()
+
+    def flush(self):
+        data = self._take()
+        if data and not self.lost:
+            self.transport.write(data)
+
+    def _take(self) -> bytes:
+        for handle in (self.soon, self.later):
+            if handle is not None:
+                handle.cancel()
+        self.soon = self.later = None
+        data, self.buffer = b"".join(self.buffer), []
+        return data
+
+    def connection_lost(self, exc):
+        self.lost = True
+        self._take()
+        error = (TimeoutError("Redis did not answer in time") if self.timed_out else
+                 ConnectionError(f"Redis connection lost ({type(exc).__name__ if exc else 'closed'})"))
+        while self.pending:
+            future, timer = self.pending.popleft()
+            timer.cancel()
+            if not future.done():
+                future.set_exception(error)
+
+
+class Pipe:
+    """One event loop's connection to the Redis at url (redis://, rediss://, unix://)."""
+
+    def __init__(self, url: str, timeout: float, connect_timeout: float):
+        from redis.asyncio.connection import parse_url
+
+        options = parse_url(url)
+        self.host, self.port, self.path = options.get("host", "localhost"), options.get("port", 6379), options.get("path")
+        self.tls = "SSL" in getattr(options.get("connection_class"), "__name__", "")
+        self.username, self.password, self.db = options.get("username"), options.get("password"), options.get("db", 0)
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self.loop = asyncio.get_running_loop()
+        self.proto: _Protocol | None = None
+        self.lock = asyncio.Lock()
+        self.failed_at, self.failure = -1.0, ""
+
+    def send(self, *args, lazy: bool = False) -> asyncio.Future:
+        """The answer's future, on the open connection (call connect() first). Writes are gathered
+        and made once per loop turn (a syscall costs more than a call's packing); a lazy one (a
+        settlement nobody waits for) rides along with the next write, or goes within LAZY_S."""
+        proto, loop = self.proto, self.loop
+        future = loop.create_future()
+        proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto)))
+        proto.buffer.append(hiredis.pack_command(args))
+        if not lazy:
+            if proto.soon is None:
+                proto.soon = loop.call_soon(proto.flush)
+        elif proto.soon is None and proto.later is None:
+            proto.later = loop.call_later(LAZY_S, proto.flush)
+        return future
+
+    async def call(self, *args, lazy: bool = False):
+        if self.proto is None or self.proto.lost:
+            await self.connect()
+        return await self.send(*args, lazy=lazy)
+
+    async def script(self, script: Script, keys: list, args: list, lazy: bool = False):
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
+        except RedisError as exc:
+            if not str(exc).startswith("NOSCRIPT"):  # Redis restarted or flushed its scripts: send it whole
+                raise
+            return await self.call("EVAL", script.text, len(keys), *keys, *args)
+
+    async def connect(self):
+        started = self.loop.time()
+        async with self.lock:
+            if self.proto is not None and not self.proto.lost:
+                return
+            if self.failed_at >= started:  # failed while this caller waited: not again at once
+                raise ConnectionError(self.failure)
+            try:
+                self.proto = await asyncio.wait_for(self._open(), self.connect_timeout)
+            except BaseException as exc:
+                self.proto = None
+                self.failed_at, self.failure = self.loop.time(), f"Redis connection failed ({type(exc).__name__})"
+                raise
+
+    async def _open(self) -> _Protocol:
+        if self.path:
+            _, proto = await self.loop.create_unix_connection(_Protocol, self.path)
+        else:
+            _, proto = await self.loop.create_connection(
+                _Protocol, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
+        self.proto = proto
+        try:
+            if self.password:
+                await self.send("AUTH", *((self.username,) if self.username else ()), self.password)
+            if self.db:
+                await self.send("SELECT", self.db)
+        except BaseException:
+            proto.transport.abort()
+            raise
+        return proto
+
+    def _timed_out(self, proto: _Protocol):
+        proto.timed_out = True
+        proto.transport.abort()  # connection_lost fails every call waiting on it
+
+    def close(self):
+        if self.proto is not None:
+            self.proto.transport.close()
+
+
+def loop_pipe(pipes: dict, url: str, timeout: float, connect_timeout: float) -> Pipe:
+    """The running event loop's Pipe (a connection belongs to its loop), made once."""
+    loop = asyncio.get_running_loop()
+    pipe = pipes.get(loop)
+    if pipe is None:
+        for gone in [other for other in pipes if other.is_closed()]:
+            del pipes[gone]
+        pipe = pipes[loop] = Pipe(url, timeout, connect_timeout)
+    return pipe

@@ -1,0 +1,120 @@
+"""The pipelined Redis client of the limits (proxy/redis_pipe.py), against real redis-servers."""
+import asyncio
+import signal
+import time
+
+import pytest
+import redis
+
+from proxy import redis_pipe
+from proxy.redis_pipe import Pipe, RedisError, Script
+
+
+async def connected(url: str) -> tuple[Pipe, list]:
+    """A connected Pipe and its connection's writes from now on (asyncio's Python transport)."""
+    pipe = Pipe(url, 2, 2)
+    await pipe.connect()
+    writes = []
+    transport = pipe.proto.transport
+    write = transport.write
+    transport.write = lambda data: (writes.append(data), write(data))[1]
+    return pipe, writes
+
+
+def test_concurrent_calls_each_get_their_own_answer_in_one_write_per_loop_turn(redis_server):
+    _, url = redis_server()
+
+    async def main():
+        pipe, writes = await connected(url)
+        answers = await asyncio.gather(*(pipe.call("ECHO", f"call-{i}") for i in range(500)))
+        assert answers == [f"call-{i}".encode() for i in range(500)]
+        assert len(writes) == 1  # 500 commands, one syscall
+        assert await pipe.call("INCRBY", "n", 5) == 5 and await pipe.call("GET", "missing") is None
+        with pytest.raises(RedisError, match="WRONGTYPE"):
+            await pipe.call("HGET", "n", "field")
+        assert await pipe.call("INCR", "n") == 6  # an error reply leaves the connection in step
+    asyncio.run(main())
+
+
+def test_a_lazy_call_rides_with_the_next_write_or_goes_alone_soon(redis_server):
+    _, url = redis_server()
+
+    async def main():
+        pipe, writes = await connected(url)
+        lazy = pipe.send("INCR", "lazy", lazy=True)
+        await asyncio.sleep(0)
+        assert writes == []  # held for the next write
+        assert await pipe.call("GET", "lazy") == b"1"  # written before it, in the same write
+        assert await lazy == 1 and len(writes) == 1
+        started = time.monotonic()
+        assert await pipe.send("INCR", "lazy", lazy=True) == 2  # nothing else to ride with: sent within LAZY_S
+        assert time.monotonic() - started < redis_pipe.LAZY_S + 0.5 and len(writes) == 2
+    asyncio.run(main())
+
+
+def test_a_script_flushed_from_redis_is_sent_whole(redis_server):
+    _, url = redis_server()
+    script = Script("return {KEYS[1], ARGV[1]}")
+
+    async def main():
+        pipe = Pipe(url, 2, 2)
+        assert await pipe.script(script, ["k"], ["v"]) == [b"k", b"v"]  # never loaded: NOSCRIPT, then EVAL
+        assert await pipe.script(script, ["k2"], [7]) == [b"k2", b"7"]
+        await pipe.call("SCRIPT", "FLUSH")
+        assert await pipe.script(script, ["k3"], ["x"]) == [b"k3", b"x"]
+    asyncio.run(main())
+
+
+def test_a_hung_redis_fails_every_waiting_call_at_the_timeout_and_a_new_connection_follows(redis_server):
+    server, url = redis_server()
+
+    async def main():
+        pipe = Pipe(url, 0.3, 1)
+        assert await pipe.call("SET", "k", "before") == b"OK"
+        server.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        results = await asyncio.gather(*(pipe.call("GET", "k") for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert time.monotonic() - started < 1.0
+        server.send_signal(signal.SIGCONT)
+        assert await pipe.call("GET", "k") == b"before"  # reconnected: answers are in step again
+    asyncio.run(main())
+
+
+def test_a_killed_redis_fails_fast_and_callers_waiting_do_not_each_retry(redis_server):
+    server, url = redis_server()
+
+    async def main():
+        pipe = Pipe(url, 1, 1)
+        await pipe.call("PING")
+        server.kill()
+        server.wait(5)
+        with pytest.raises(ConnectionError):
+            await pipe.call("PING")  # the connection is lost: this one fails, and so do the next
+        attempts = []
+        opened = pipe._open
+
+        async def counted():
+            attempts.append(1)
+            return await opened()
+        pipe._open = counted
+        started = time.monotonic()
+        results = await asyncio.gather(*(pipe.call("PING") for _ in range(50)), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results), results
+        assert len(attempts) == 1 and time.monotonic() - started < 1.0
+    asyncio.run(main())
+
+
+def test_password_user_and_database_from_the_url(redis_server):
+    _, url = redis_server("--requirepass", "s3cret")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+
+    async def main():
+        pipe = Pipe(f"redis://:s3cret@127.0.0.1:{port}/3", 2, 2)
+        assert await pipe.call("SET", "where", "db3") is not None
+        wrong = Pipe(f"redis://:nope@127.0.0.1:{port}/0", 2, 2)
+        with pytest.raises(RedisError, match="WRONGPASS|invalid password"):
+            await wrong.call("PING")
+    asyncio.run(main())
+    assert redis.Redis(port=int(port), password="s3cret", db=3).get("where") == b"db3"
+    assert redis.Redis(port=int(port), password="s3cret", db=0).get("where") is None

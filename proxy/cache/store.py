@@ -12,7 +12,8 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from proxy.redis_sync import SyncRedis, loop_client
+from proxy.redis_pipe import Script, loop_pipe
+from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
@@ -77,13 +78,13 @@ class MemoryStore:
 
 # SET with EX, and the entry's size and expiry in a hash and a sorted set (our own entries and
 # bytes, not Redis' whole used_memory), in one atomic round trip.
-_PUT = """
+_PUT = Script("""
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], string.len(ARGV[2]))
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('INCRBY', KEYS[4], string.len(ARGV[2]) - (tonumber(old) or 0))
-"""
+""")
 # Forget the sizes of entries Redis has expired (at most 10,000 a call: Redis runs one script at a
 # time); answer (entries, bytes).
 _STATS = """
@@ -106,14 +107,14 @@ class RedisStore(SyncRedis):
         self.sizes, self.expiry, self.total = f"{prefix}:sizes", f"{prefix}:expiry", f"{prefix}:bytes"
         self.down_until = 0.0
         self.last_error = ""
-        self._async: dict = {}  # event loop -> (client, semaphore, put script)
+        self._pipes: dict = {}  # event loop -> its Pipe
         self._sync = None
 
     def entry(self, key: str) -> str:
         return f"{self.prefix}:e:{key}"
 
-    def _client(self):
-        return loop_client(self._async, self.url, SOCKET_TIMEOUT_S, SOCKET_TIMEOUT_S, (_PUT,))
+    def _pipe(self):
+        return loop_pipe(self._pipes, self.url, SOCKET_TIMEOUT_S, SOCKET_TIMEOUT_S)
 
     def _down(self, exc: Exception):
         if time.monotonic() >= self.down_until:
@@ -129,26 +130,16 @@ class RedisStore(SyncRedis):
 
     async def get(self, key: str) -> bytes | None:
         self._check()
-        client, turns, _ = self._client()
         try:
-            async with turns:  # above MAX_CONNECTIONS lookups at once, the rest wait their turn
-                self._check()
-                return await client.get(self.entry(key))
-        except StoreDown:
-            raise
+            return await self._pipe().call("GET", self.entry(key))
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean uncached
             self._down(exc)
 
     async def put(self, key: str, value: bytes, ttl: int):
         self._check()
-        _, turns, put = self._client()
         try:
-            async with turns:
-                self._check()
-                await put(keys=[self.entry(key), self.sizes, self.expiry, self.total],
-                          args=[key, value, ttl, time.time() + ttl])
-        except StoreDown:
-            raise
+            await self._pipe().script(_PUT, [self.entry(key), self.sizes, self.expiry, self.total],
+                                      [key, value, ttl, time.time() + ttl])
         except Exception as exc:
             self._down(exc)
 

@@ -47,8 +47,8 @@ def test_expired_entries_are_not_answered_and_are_dropped():
 
 @pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
 def test_200_concurrent_lookups_on_redis_are_all_served():
-    """redis-py's pool refuses its 101st connection (MaxConnectionsError: BYPASS, then a back-off
-    for everyone); the store's calls take turns instead."""
+    """redis-py's pool refused its 101st connection (MaxConnectionsError: BYPASS, then a back-off
+    for everyone); the store's calls are pipelined on one connection instead."""
     store = RedisStore(REDIS, f"test-{uuid.uuid4().hex}")
 
     async def scenario():

@@ -17,16 +17,17 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connection
 
 from .writer import write_batch
 
 log = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 5.0  # seconds between attempts while the database stays unavailable
 RECORD_OVERHEAD = 512  # bytes counted for a record's fixed fields
+CONNECTION_S = 60.0  # the writer's database connection is renewed this often (and after a failure)
 
 
 def estimate_bytes(value) -> int:
@@ -108,6 +109,10 @@ class Recorder:
         self._stopped = False  # by the lifespan's shutdown: a late request does not start it again
         self._retry_at = 0.0
         self._retry_pause = 0.0
+        # One thread writes, so it keeps its database connection between batches (a new SQLite
+        # connection runs three PRAGMAs, a PostgreSQL one a handshake): not one per flush.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="trace-writer")
+        self._connected_at = 0.0
         self.write_failures = 0  # write attempts that failed (the batch is retried)
         self.dropped = 0  # traces lost: backlog over its bounds, or not storable at all
         self.stored_minimal = 0  # traces that could only be stored as a minimal VASLog
@@ -199,7 +204,7 @@ class Recorder:
                 await self.flush()
 
     async def flush(self):
-        await sync_to_async(self.flush_sync, thread_sensitive=False)()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.flush_sync)
 
     def flush_sync(self) -> bool:
         """Writes the whole backlog in batches; False when the database was unavailable."""
@@ -220,9 +225,10 @@ class Recorder:
                 return True
             batch = self.writing
             try:
-                close_old_connections()
+                self._renew_connection()
                 outcome = write_batch(batch)
             except Exception as exc:
+                self._drop_connection()
                 log.warning("writing %d traces failed (%s); will retry", len(batch), type(exc).__name__,
                             exc_info=not self.last_failure)
                 with self._lock:
@@ -248,6 +254,21 @@ class Recorder:
                     listener(batch)
                 except Exception:
                     log.exception("trace listener failed")
+
+    def _renew_connection(self):
+        if connection.connection is None:
+            self._connected_at = time.monotonic()
+        elif time.monotonic() - self._connected_at > CONNECTION_S:
+            self._drop_connection()
+            self._connected_at = time.monotonic()
+
+    @staticmethod
+    def _drop_connection():
+        if connection.connection is not None and not connection.in_atomic_block:  # (a test's transaction)
+            try:
+                connection.close()
+            except Exception:
+                pass
 
     def _report(self):
         for report in self.reporters:

@@ -1,5 +1,6 @@
 """A request's trace while it is in flight: stage timings and the fields of its VASLog."""
-import secrets
+import os
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -8,7 +9,31 @@ NO_GUARDRAILS = {"policies": [], "pii": [], "risk_score": 0.0}
 
 def new_id() -> str:
     # Time-ordered (ms) so ids sort like timestamps; random tail for uniqueness.
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+    return f"{time.time_ns() // 1_000_000:012x}{_random_bytes(10).hex()}"
+
+
+_pool = bytearray()
+_pool_lock = threading.Lock()
+
+
+def _random_bytes(count: int) -> bytes:
+    """os.urandom, read 4 KiB at a time: a getrandom() call per request cost more than the rest of
+    the trace's set-up. A forked child starts with an empty pool, never its parent's bytes."""
+    global _pool
+    with _pool_lock:
+        if len(_pool) < count:
+            _pool = bytearray(os.urandom(4096))
+        taken = bytes(_pool[-count:])
+        del _pool[-count:]
+    return taken
+
+
+def _empty_pool():
+    global _pool, _pool_lock
+    _pool, _pool_lock = bytearray(), threading.Lock()  # (another thread may have held it at the fork)
+
+
+os.register_at_fork(after_in_child=_empty_pool)
 
 
 class Trace:

@@ -3,7 +3,7 @@
 --   BENCH_BODY_FILE  path of the JSON body to send
 --   BENCH_AUTH       value of the Authorization header (optional)
 --   BENCH_PROVIDER   value of x-smartflow-provider (optional)
---   BENCH_EXTRA_HDR  "name: value" extra header (optional; e.g. anthropic-version)
+--   BENCH_EXTRA_HDR  "name: value" extra headers, one per line (optional; e.g. anthropic-version)
 --   BENCH_VARY       a run id: every request's last message starts with "<run id>-<thread>-<n> ",
 --                    so no two requests (in this run or any other) share a cache key
 
@@ -23,8 +23,10 @@ local provider = os.getenv("BENCH_PROVIDER")
 if provider and provider ~= "" then wrk.headers["x-smartflow-provider"] = provider end
 local extra = os.getenv("BENCH_EXTRA_HDR")
 if extra and extra ~= "" then
-   local name, value = extra:match("^([^:]+):%s*(.*)$")
-   if name then wrk.headers[name] = value end
+   for header in extra:gmatch("[^\n]+") do
+      local name, value = header:match("^([^:]+):%s*(.*)$")
+      if name then wrk.headers[name] = value end
+   end
 end
 
 local vary = os.getenv("BENCH_VARY")

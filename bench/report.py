@@ -91,7 +91,7 @@ def summary(results, meta):
       f"upstream: nginx, 1 worker, fixed JSON; gateway: full path with a virtual key "
       f"(auth, routing, translation, VASLog tracing); SQLite + in-process cache")
     w("")
-    gateways = [s for s in ("uvicorn", "uvicorn-w2", "daphne") if any(k[0] == s for k in rows)]
+    gateways = [s for s in ("uvicorn", "uvicorn-w2", "daphne", "portkey", "litellm") if any(k[0] == s for k in rows)]
 
     w("1) Latency at concurrency 1 (wrk -t1 -c1 --latency), milliseconds")
     w("   added = gateway percentile minus direct percentile (same run, same route)")
@@ -150,6 +150,8 @@ def summary(results, meta):
         out.extend(limits_summary(rows))
     if any(k[0].startswith("routing-") for k in rows):
         out.extend(routing_summary(rows))
+    if any(k[0] in ("portkey", "litellm") for k in rows):
+        out.extend(peers_summary(rows))
     errors = sum(int(r["non2xx"] + r["socket_errors"]) for k, r in rows.items() if k[0] != "direct")
     if errors:
         w(f"   WARNING: {errors} non-2xx responses or socket errors through the gateway "
@@ -264,6 +266,34 @@ def routing_summary(rows):
         w(f"   a policy whose first target succeeds, p50 over the plain route {added:7.3f} ms   "
           f"target <= {TARGET_POLICY_MS} ms (noise at this scale: see bench/routing_overhead.py)")
     w("   (the 529 runs: after 5 failures in 30 s the breaker skips Anthropic for 30 s, then probes it)")
+    return out
+
+
+TARGET_VS_PORTKEY_RPS = 2.5  # issue 14: throughput at c=64, one process each
+
+
+def peers_summary(rows):
+    """Section 7 (BENCH_PEERS=1): Smartflow beside Portkey and LiteLLM, OpenAI route, same run."""
+    out = ["", "7) Peers, OpenAI route, one process each, same upstream and load (added = minus nginx direct)",
+           f"   {'gateway':<12} {'added p50 c=1':>13} {'p99 c=1':>8} {'c=64 req/s':>10} {'CPU/req c=64':>12} "
+           f"{'RSS MiB':>8} {'non2xx':>7}"]
+    w = out.append
+    d1 = rows.get(("direct", "openai", 1))
+    for server in ("uvicorn", "portkey", "litellm"):
+        c1, c64 = rows.get((server, "openai", 1)), rows.get((server, "openai", 64))
+        if not c1 or not c64 or not d1:
+            continue
+        bad = sum(int(r["non2xx"] + r["socket_errors"]) for r in (c1, c64))
+        w(f"   {'smartflow' if server == 'uvicorn' else server:<12} {ms(c1['p50_us'] - d1['p50_us']):>13} "
+          f"{ms(c1['p99_us']):>8} {c64['rps']:>10.0f} {c64.get('gw_cpu_ms_per_req', 0):>12.3f} "
+          f"{c64.get('rss_mib', 0):>8.1f} {bad:>7}")
+    ours, theirs = rows.get(("uvicorn", "openai", 64)), rows.get(("portkey", "openai", 64))
+    if ours and theirs:
+        ratio = ours["rps"] / theirs["rps"]
+        w(f"   c=64 throughput, Smartflow / Portkey {ratio:6.2f}x   target >= {TARGET_VS_PORTKEY_RPS}x   "
+          f"{'PASS' if ratio >= TARGET_VS_PORTKEY_RPS else 'FAIL'}")
+        w(f"   RSS after the runs, Smartflow / Portkey {ours.get('rss_mib', 0):.1f} / {theirs.get('rss_mib', 0):.1f} MiB   "
+          f"target: no higher   {'PASS' if ours.get('rss_mib', 0) <= theirs.get('rss_mib', 0) else 'FAIL'}")
     return out
 
 

@@ -16,6 +16,9 @@
 #   BENCH_ROUTING=1 bench/run.sh      # + routing policies: Anthropic answers 529 to 20 % of requests;
 #                                     #   no policy vs failover anthropic -> openai; and the policy's
 #                                     #   cost when its first target is healthy
+#   BENCH_PEERS=1 bench/run.sh        # + Portkey and LiteLLM on the same upstream, routes and load, one
+#                                     #   process each (installed once by bench/peers.sh into
+#                                     #   BENCH_PEERS_DIR, default bench/.peers; not in requirements)
 #   BENCH_SOAK=1 bench/run.sh         # + memory: two 60 s soaks at c=64 back to back, RSS after each
 #   BENCH_SOAK_ONLY=1 bench/run.sh    # the soak alone (BENCH_SOAK_SECONDS, default 60)
 #   BENCH_DURATION=5 BENCH_WARMUP=1   # shorter runs
@@ -225,7 +228,10 @@ wrk_run() {
     local threads=$CN_THREADS conns=$CN_CONNS
     [[ $conc == 1 ]] && threads=$C1_THREADS conns=$C1_CONNS
     [[ -z $record ]] && duration=$WARMUP
-    if [[ $server == direct ]]; then
+    if [[ $server == portkey || $server == litellm ]]; then
+        url="http://127.0.0.1:$PEER_PORT/v1/chat/completions" auth="Bearer sk-bench-upstream" body=openai_request.json
+        [[ $server == portkey ]] && extra="x-portkey-provider: openai"$'\n'"x-portkey-custom-host: $UPSTREAM/v1"
+    elif [[ $server == direct ]]; then
         case $route in
             openai) url="$UPSTREAM/v1/chat/completions" body=openai_request.json ;;
             anthropic) url="$UPSTREAM/v1/messages" body=anthropic_request.json extra="anthropic-version: 2023-06-01" ;;
@@ -251,7 +257,8 @@ wrk_run() {
             line+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v l="$line" 'BEGIN {
                 match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9);
                 printf "gw_cpu_ms_per_req=%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')"
-            if [[ -n ${SMARTFLOW_LOOP_LAG_FILE:-} ]]; then
+            line+=" rss_mib=$(awk -v k="$(group_rss_kib "$GW_PID")" 'BEGIN {printf "%.1f", k / 1024}')"
+            if [[ -n ${SMARTFLOW_LOOP_LAG_FILE:-} && $server != portkey && $server != litellm ]]; then
                 sleep 1.1  # the probe writes the run's last second
                 t1=$(date +%s)
                 line+=" $(loop_lag "$t0" "$t1")"
@@ -458,6 +465,40 @@ if [[ "${BENCH_DAPHNE:-0}" == 1 ]]; then
     stop_gateway
 fi
 
+PEERS_DIR="${BENCH_PEERS_DIR:-$BENCH/.peers}"
+start_peer() {  # start_peer portkey|litellm: one process of the peer, pointed at nginx
+    local log="$TMP/$1.log"
+    PEER_PORT=$(free_ports 1)
+    case $1 in
+        portkey) NODE_ENV=production setsid node "$PEERS_DIR/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" \
+                     --port="$PEER_PORT" --headless >"$log" 2>&1 & ;;
+        litellm)
+            printf 'model_list:\n  - model_name: gpt-4.1-mini\n    litellm_params:\n      model: openai/gpt-4.1-mini\n      api_base: %s/v1\n      api_key: sk-bench-upstream\n' \
+                "$UPSTREAM" >"$TMP/litellm.yaml"
+            LITELLM_MASTER_KEY=sk-bench-upstream LITELLM_TELEMETRY=False LITELLM_LOG=ERROR setsid "$PEERS_DIR/litellm/bin/litellm" --config "$TMP/litellm.yaml" \
+                --host 127.0.0.1 --port "$PEER_PORT" --num_workers 1 >"$log" 2>&1 & ;;
+    esac
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    if ! wait_http "http://127.0.0.1:$PEER_PORT/"; then tail -n 30 "$log" >&2; exit 1; fi
+}
+
+# Peers: the same OpenAI route, payload and load through Portkey and LiteLLM (one process each).
+peer_runs() {
+    local peer
+    for peer in portkey litellm; do
+        if [[ ! -e "$PEERS_DIR/$peer" ]]; then
+            echo "bench: $peer is not installed in $PEERS_DIR (bench/peers.sh installs both): skipped" >&2
+            continue
+        fi
+        echo "$peer (one process):"
+        start_peer "$peer"
+        for conc in 1 64; do measure "$peer" openai "$conc"; done
+        stop_gateway
+    done
+}
+
+[[ "${BENCH_PEERS:-0}" == 1 ]] && peer_runs
 [[ "${BENCH_ROUTING:-0}" == 1 ]] && routing_runs
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak
 [[ "${BENCH_CACHE:-0}" == 1 || "${BENCH_CACHE_ONLY:-0}" == 1 ]] && cache_runs

@@ -150,7 +150,7 @@ SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS = env_int("SMARTFLOW_LIMITS_DEFAULT_OUTPU
 
 # --- Django ----------------------------------------------------------------
 INSTALLED_APPS = [
-    "daphne",
+    "smartflow.daphne_app.DaphneConfig",  # its runserver; daphne.apps would load Twisted in every process
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

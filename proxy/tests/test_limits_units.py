@@ -423,3 +423,18 @@ def test_settlements_redis_missed_are_retried_once_it_answers(monkeypatch):
     import redis
 
     redis.Redis.from_url(REDIS).delete(spend)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_tokenizer_is_preloaded_only_where_a_token_or_budget_limit_needs_it(monkeypatch):
+    """~40 MiB a process: a gateway whose teams have no token or budget limit never loads it."""
+    from proxy.models import Team
+    from proxy.policies import limits as policy
+
+    monkeypatch.setattr(tokens, "_encoding", None)
+    Team.objects.create(name="rpm-only", rpm_limit=10)
+    policy._preload_tokenizer()
+    assert not tokens.is_loaded()
+    Team.objects.create(name="with-budget", budget_cap_usd=Decimal("5"))
+    policy._preload_tokenizer()
+    assert tokens.is_loaded()

@@ -171,6 +171,17 @@ _EMPTY = GuardState(_NONE, _NONE)
 _EVERY_ENTITY = [R.Rule.compile(R.validate({"name": "unchecked", "kind": "pii", "action": "flag"}))]
 
 
+_TEXTS = frozenset({"content", "refusal"})
+_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
+
+
+def _is_held(choice: dict) -> bool:
+    """A choice left with no text (a window holds it), no finish, no logprobs, nothing else."""
+    delta = choice.get("delta")
+    return (isinstance(delta, dict) and bool(delta) and delta.keys() <= _TEXTS and not any(delta.values())
+            and choice.keys() <= _CHOICE and not choice.get("finish_reason") and choice.get("logprobs") is None)
+
+
 class GuardrailsPolicy(Policy):
     name = "guardrails"
 
@@ -214,13 +225,16 @@ class GuardrailsPolicy(Policy):
         state = ex.state.get("guardrails")
         if state is None or not state.stream_rules:
             return chunk
+        choices = chunk.get("choices") or ()
         try:
-            for choice in chunk.get("choices") or ():
+            for choice in choices:
                 self._choice(state, choice)
         except Blocked as exc:
             state.blocked_by = exc.rule.name
             raise blocked(exc.rule) from None
-        return chunk
+        # A chunk whose whole text the windows hold has nothing left to say: held back (an empty
+        # event per held delta would cost the gateway and the client a write each, for nothing).
+        return None if choices and len(chunk) == 1 and all(map(_is_held, choices)) else chunk
 
     def _window(self, state: GuardState, key) -> Window:
         window = state.windows.get(key)

@@ -182,6 +182,13 @@ def _is_held(choice: dict) -> bool:
             and choice.keys() <= _CHOICE and not choice.get("finish_reason") and choice.get("logprobs") is None)
 
 
+def _is_text(choice: dict) -> bool:
+    """Only a piece of content: no tool calls, no finish, no logprobs, nothing else."""
+    delta = choice.get("delta")
+    return (type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str
+            and choice.get("finish_reason") is None and choice.get("logprobs") is None and choice.keys() <= _CHOICE)
+
+
 class GuardrailsPolicy(Policy):
     name = "guardrails"
 
@@ -227,6 +234,8 @@ class GuardrailsPolicy(Policy):
             return chunk
         choices = chunk.get("choices") or ()
         try:
+            if len(choices) == 1 and len(chunk) == 1 and _is_text(choices[0]):
+                return self._text(state, chunk, choices[0])
             for choice in choices:
                 self._choice(state, choice)
         except Blocked as exc:
@@ -235,6 +244,18 @@ class GuardrailsPolicy(Policy):
         # A chunk whose whole text the windows hold has nothing left to say: held back (an empty
         # event per held delta would cost the gateway and the client a write each, for nothing).
         return None if choices and len(chunk) == 1 and all(map(_is_held, choices)) else chunk
+
+    def _text(self, state: GuardState, chunk: dict, choice: dict) -> dict | None:
+        """Most chunks: one choice's next piece of content and nothing else, fed to its window (what
+        _choice does with it, without the tool-call and finish bookkeeping it cannot need)."""
+        delta, key = choice["delta"], (choice.get("index", 0), "content")
+        if not delta["content"] and key not in state.windows:
+            return None
+        released = self._window(state, key).feed(delta["content"])
+        if not released:
+            return None
+        delta["content"] = released
+        return chunk
 
     def _window(self, state: GuardState, key) -> Window:
         window = state.windows.get(key)

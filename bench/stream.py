@@ -499,8 +499,9 @@ def report(args, results, checked, failures, load_before, load_after) -> str:
     total = sum(checked.values())
     bad = sum(len(v) for v in failures.values())
     if not bad:
+        chunks = "chunks merged where the guardrails held text (not counted)" if HELD else "one chunk per delta"
         w(f"4) Correctness: {total} streams checked ({gw_checked} through the gateway): all 200, text equal to "
-          "the upstream's, one chunk per delta, a finish reason, ended with data: [DONE]  OK")
+          f"the upstream's, {chunks}, a finish reason, ended with data: [DONE]  OK")
     else:
         w(f"4) Correctness: {bad} of {total} streams FAILED the checks:")
         for name, errs in failures.items():

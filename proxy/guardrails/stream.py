@@ -14,7 +14,15 @@ from .scan import INJECTION, MAX_SPAN, scan
 
 _PEM_END = re2.compile(secrets.PEM_END)
 # API keys are checked to hold a digit (api_key()); e-mails an '@', IPv6 a ':', the rest digits.
-_TRIGGER = re2.compile(r"[0-9@:]|-----")
+# Looked for with str's own search, not RE2: ~2 µs for a window's text, where an RE2 call costs ~7
+# on bytes and ~15 on a str (the binding maps its offsets).
+_TRIGGERS = tuple("0123456789@:")
+
+
+def _may_hold_pii(text: str) -> bool:
+    """Whether text has a character every PII and secret match has: a digit, '@', ':' or '-----'."""
+    return "-----" in text or any(c in text for c in _TRIGGERS)
+
 CONTEXT_KEEP = 64
 # Characters held beyond a match's span so one scan covers several small chunks, within the
 # contract's 256: per 4-character chunk the window costs ~1 µs instead of ~15 (bench/guardrails.py),
@@ -75,7 +83,7 @@ class Window:
             begin = _open_private_key(self.buffer)
             if begin >= 0:
                 cut = min(cut, base + begin)
-        if self.digits_only and not _TRIGGER.search(whole):
+        if self.digits_only and not _may_hold_pii(whole):
             hits = []  # every PII and secret match has a digit, '@', ':' or '-----' in it
         else:
             found = scan(whole) if self.scans else []

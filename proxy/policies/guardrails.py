@@ -171,6 +171,24 @@ _EMPTY = GuardState(_NONE, _NONE)
 _EVERY_ENTITY = [R.Rule.compile(R.validate({"name": "unchecked", "kind": "pii", "action": "flag"}))]
 
 
+_TEXTS = frozenset({"content", "refusal"})
+_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
+
+
+def _is_held(choice: dict) -> bool:
+    """A choice left with no text (a window holds it), no finish, no logprobs, nothing else."""
+    delta = choice.get("delta")
+    return (isinstance(delta, dict) and bool(delta) and delta.keys() <= _TEXTS and not any(delta.values())
+            and choice.keys() <= _CHOICE and not choice.get("finish_reason") and choice.get("logprobs") is None)
+
+
+def _is_text(choice: dict) -> bool:
+    """Only a piece of content: no tool calls, no finish, no logprobs, nothing else."""
+    delta = choice.get("delta")
+    return (type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str
+            and choice.get("finish_reason") is None and choice.get("logprobs") is None and choice.keys() <= _CHOICE)
+
+
 class GuardrailsPolicy(Policy):
     name = "guardrails"
 
@@ -214,12 +232,29 @@ class GuardrailsPolicy(Policy):
         state = ex.state.get("guardrails")
         if state is None or not state.stream_rules:
             return chunk
+        choices = chunk.get("choices") or ()
         try:
-            for choice in chunk.get("choices") or ():
+            if len(choices) == 1 and len(chunk) == 1 and _is_text(choices[0]):
+                return self._text(state, chunk, choices[0])
+            for choice in choices:
                 self._choice(state, choice)
         except Blocked as exc:
             state.blocked_by = exc.rule.name
             raise blocked(exc.rule) from None
+        # A chunk whose whole text the windows hold has nothing left to say: held back (an empty
+        # event per held delta would cost the gateway and the client a write each, for nothing).
+        return None if choices and len(chunk) == 1 and all(map(_is_held, choices)) else chunk
+
+    def _text(self, state: GuardState, chunk: dict, choice: dict) -> dict | None:
+        """Most chunks: one choice's next piece of content and nothing else, fed to its window (what
+        _choice does with it, without the tool-call and finish bookkeeping it cannot need)."""
+        delta, key = choice["delta"], (choice.get("index", 0), "content")
+        if not delta["content"] and key not in state.windows:
+            return None
+        released = self._window(state, key).feed(delta["content"])
+        if not released:
+            return None
+        delta["content"] = released
         return chunk
 
     def _window(self, state: GuardState, key) -> Window:

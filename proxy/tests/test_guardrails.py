@@ -161,6 +161,21 @@ def test_a_split_value_is_held_back_only_as_long_as_it_can_span(gateway, guard, 
     assert len(deltas) >= 2 and len(deltas[-1]) <= 256 + len(" bye")
 
 
+def test_a_held_delta_sends_the_client_no_empty_event(gateway, guard, proxy_client, fake_upstream):
+    guard(name="resp", action="redact", on="response")
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+    pieces = ("mail jane.r", "oe@exam", "ple.org", " now")
+    deltas = [{"role": "assistant", "content": ""}, *({"content": p} for p in pieces)]
+    events = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    fake_upstream.script(provider="openai", stream_events=[*events, b"data: [DONE]\n\n"])
+    reply = proxy_client.post("/v1/chat/completions", json={"model": "gpt-4.1", "stream": True, "messages": user("hi")})
+    sent = [json.loads(line[6:])["choices"][0] for line in reply.text.split("\n") if line.startswith("data: {")]
+    # The role chunk, then the text released whole with the finish: no event per held delta.
+    assert [(c["delta"].get("content"), c["finish_reason"]) for c in sent] == [
+        ("", None), ("mail <EMAIL_ADDRESS> now", "stop")]
+
+
 def test_tool_call_arguments_are_redacted_in_streams(gateway, guard, sdk, fake_upstream):
     guard(name="resp", action="redact", on="response")
     arguments = json.dumps({"to": EMAIL, "body": "hi"})

@@ -39,6 +39,8 @@ def run(policy, chunks):
     state = ChatCompletionStreamState()
     for i, chunk in enumerate(chunks):
         out = policy.chunk(ex, json.loads(json.dumps(chunk)))
+        if out is None:  # held back whole: the gateway sends nothing for it
+            continue
         body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", **out}
         state.handle_chunk(ChatCompletionChunk.model_validate(body))
     return state.get_final_completion(), ex
@@ -86,10 +88,10 @@ def test_a_block_mid_stream_raises_the_guardrail_error():
     import asyncio
 
     asyncio.run(policy.request(ex))
-    released = policy.chunk(ex, delta(0, content="card 4111 1111 "))["choices"][0]["delta"]["content"]
+    assert policy.chunk(ex, delta(0, content="card 4111 1111 ")) is None  # held: nothing released
     with pytest.raises(ClientError) as err:
         policy.chunk(ex, delta(0, content="1111 1111 and more text " + "z" * 300))
-    assert err.value.code == "guardrail_blocked" and "4111" not in released
+    assert err.value.code == "guardrail_blocked"
 
 
 def test_without_response_rules_chunks_pass_untouched():
@@ -151,3 +153,22 @@ def test_passthrough_and_request_see_the_same_rules_whatever_the_snapshot_does()
     assert asyncio.run(policy.passthrough(ex)) is False
     asyncio.run(policy.request(ex))
     assert EMAIL not in ex.call.request.body and "mail <EMAIL_ADDRESS>" in ex.call.request.body
+
+
+def test_a_chunk_whose_text_is_all_held_is_not_sent():
+    policy = GuardrailsPolicy(Rules(REDACT))
+    ex = exchange()
+    import asyncio
+
+    asyncio.run(policy.request(ex))
+    role = delta(0, role="assistant", content="")
+    assert policy.chunk(ex, role) is role  # the role chunk goes out as it is
+    assert policy.chunk(ex, delta(0, content="mail jane.r")) is None  # held whole: no empty event
+    assert policy.chunk(ex, delta(0, refusal="no")) is None
+    with_logprobs = {"choices": [{"index": 0, "delta": {"content": "oe@"}, "logprobs": {"content": []},
+                                  "finish_reason": None}]}
+    assert policy.chunk(ex, with_logprobs) is with_logprobs  # anything else in it still goes out
+    usage = {**delta(0, content="exa"), "usage": {"completion_tokens": 3}}
+    assert policy.chunk(ex, usage) is usage
+    last = policy.chunk(ex, delta(0, "stop", content="mple.org"))
+    assert last["choices"][0]["delta"] == {"content": "mail <EMAIL_ADDRESS>", "refusal": "no"}

@@ -187,6 +187,19 @@ def test_the_window_redacts_as_the_whole_text_would_however_it_is_split(parts, d
         assert all(s not in "".join(out) for s in ("jane.roe", "1111 1111", "555-2671", "Zx81Qw7"))
 
 
+@given(st.text(max_size=300), st.sampled_from(SECRETS + ["", "ip ::1", "a@b.co"]))
+@settings(max_examples=300, deadline=None)
+def test_the_windows_shortcut_passes_over_only_texts_without_any_pii(text, secret):
+    import re
+
+    from proxy.guardrails.stream import _may_hold_pii
+
+    text += secret
+    assert _may_hold_pii(text) == bool(re.search(r"[0-9@:]|-----", text))
+    if not _may_hold_pii(text):  # the window skips its scan: there must be nothing it would find
+        assert entities(text) == set()
+
+
 def test_each_pattern_is_bounded_by_the_hold():
     from proxy.guardrails.scan import SPANS
 

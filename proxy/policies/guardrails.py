@@ -237,6 +237,8 @@ class GuardrailsPolicy(Policy):
             if len(choices) == 1 and len(chunk) == 1 and _is_text(choices[0]):
                 return self._text(state, chunk, choices[0])
             for choice in choices:
+                if choice.get("logprobs") is not None:
+                    choice["logprobs"] = None  # its tokens spell out what the window redacts
                 self._choice(state, choice)
         except Blocked as exc:
             state.blocked_by = exc.rule.name
@@ -298,6 +300,10 @@ class GuardrailsPolicy(Policy):
         if state is None or not state.response_rules or state.windows or (ex.call and ex.call.is_stream):
             return  # a stream was checked chunk by chunk
         state.response = verdict = _check(state.response_rules, answer_slots(response))
+        if state.stream_rules:  # a redact or block rule: logprobs' tokens would spell out what it removes
+            for choice in response.get("choices") or ():
+                if isinstance(choice, dict) and choice.get("logprobs") is not None:
+                    choice["logprobs"] = None
         if verdict.block is not None:
             state.blocked_by = verdict.block.name
             ex.out["x-smartflow-compliance"] = "blocked"

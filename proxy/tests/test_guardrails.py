@@ -176,6 +176,33 @@ def test_a_held_delta_sends_the_client_no_empty_event(gateway, guard, proxy_clie
         ("", None), ("mail <EMAIL_ADDRESS> now", "stop")]
 
 
+def test_logprobs_never_spell_out_what_a_response_rule_redacts(gateway, guard, sdk, fake_upstream):
+    """Each token of a choice's logprobs is a piece of the answer's text: passed on, they would
+    carry the address the window redacts (streamed) or the answer's redaction removed (whole)."""
+    guard(name="resp", action="redact", on="response")
+    pieces = ("mail jane.r", "oe@exam", "ple.org", " now")
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1"}
+
+    def logprobs(text):
+        return {"content": [{"token": text, "logprob": -0.1, "bytes": list(text.encode()),
+                             "top_logprobs": [{"token": text, "logprob": -0.1, "bytes": list(text.encode())}]}]}
+    events = [{**base, "choices": [{"index": 0, "delta": {"content": p}, "logprobs": logprobs(p),
+                                    "finish_reason": None}]} for p in pieces]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    fake_upstream.script(provider="openai", stream_events=[*events, b"data: [DONE]\n\n"])
+    stream = sdk.chat.completions.create(model="gpt-4.1", messages=user("hi"), stream=True, logprobs=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "mail <EMAIL_ADDRESS> now"
+    assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+    whole = {"id": "c2", "object": "chat.completion", "created": 1, "model": "gpt-4.1", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "mail " + EMAIL}, "finish_reason": "stop",
+         "logprobs": logprobs(EMAIL)}], "usage": {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}}
+    fake_upstream.script(provider="openai", body=whole)
+    answer = sdk.chat.completions.create(model="gpt-4.1", messages=user("hi"), logprobs=True)
+    assert answer.choices[0].message.content == "mail <EMAIL_ADDRESS>" and answer.choices[0].logprobs is None
+    assert EMAIL not in answer.model_dump_json()
+
+
 def test_tool_call_arguments_are_redacted_in_streams(gateway, guard, sdk, fake_upstream):
     guard(name="resp", action="redact", on="response")
     arguments = json.dumps({"to": EMAIL, "body": "hi"})

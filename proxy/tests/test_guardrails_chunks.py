@@ -167,8 +167,9 @@ def test_a_chunk_whose_text_is_all_held_is_not_sent():
     assert policy.chunk(ex, delta(0, refusal="no")) is None
     with_logprobs = {"choices": [{"index": 0, "delta": {"content": "oe@"}, "logprobs": {"content": []},
                                   "finish_reason": None}]}
-    assert policy.chunk(ex, with_logprobs) is with_logprobs  # anything else in it still goes out
+    assert policy.chunk(ex, with_logprobs) is None  # its logprobs dropped (they spell the text): held too
+    assert with_logprobs["choices"][0]["logprobs"] is None
     usage = {**delta(0, content="exa"), "usage": {"completion_tokens": 3}}
-    assert policy.chunk(ex, usage) is usage
+    assert policy.chunk(ex, usage) is usage  # anything else in it still goes out
     last = policy.chunk(ex, delta(0, "stop", content="mple.org"))
     assert last["choices"][0]["delta"] == {"content": "mail <EMAIL_ADDRESS>", "refusal": "no"}

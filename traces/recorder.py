@@ -109,8 +109,10 @@ class Recorder:
         self._stopped = False  # by the lifespan's shutdown: a late request does not start it again
         self._retry_at = 0.0
         self._retry_pause = 0.0
-        # One thread writes, so it keeps its database connection between batches (a new SQLite
-        # connection runs three PRAGMAs, a PostgreSQL one a handshake): not one per flush.
+        # One thread writes, so from one database connection, kept between batches (a new SQLite
+        # connection runs three PRAGMAs, a PostgreSQL one a handshake). On the loop's shared executor
+        # each of its threads wrote in turn, and each one's SQLite connection cached up to 2 MiB of
+        # VASLog pages of its own: RSS kept growing over minutes of load (bench/run.sh soak).
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="trace-writer")
         self._connected_at = 0.0
         self.write_failures = 0  # write attempts that failed (the batch is retried)

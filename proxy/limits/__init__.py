@@ -82,8 +82,8 @@ def key_prefix() -> str:
     return f"{settings.SMARTFLOW_CACHE_PREFIX}:limits"
 
 
-def spend_key(scope: str, period_id: str) -> str:
-    return f"{key_prefix()}:{scope}:s:{period_id}"
+def spend_key(scope: str, period_id: str, prefix: str | None = None) -> str:
+    return f"{prefix or key_prefix()}:{scope}:s:{period_id}"
 
 
 def team_spend(teams) -> dict[int, Decimal]:

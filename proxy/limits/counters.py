@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from proxy.redis_pipe import Script, loop_pipe
 from proxy.redis_sync import SyncRedis
@@ -41,20 +40,25 @@ def hold_life() -> int:
     return int(max(settings.SMARTFLOW_ROUTING_TIMEOUT, settings.SMARTFLOW_UPSTREAM_TIMEOUT)) + 300
 
 
-@dataclass(frozen=True)
 class Counter:
-    key: str
-    limit: int | None  # None: counted, never refused (a team's spend without a cap)
-    need: int  # refused when used + held + need > limit
-    hold: int  # reserved until settled (clamped to what the limit leaves)
-    use: int  # counted at once (a request against rpm)
-    ttl: int  # seconds the key outlives its window
+    """One counter of a request: key, limit (None: counted, never refused: a team's spend without a
+    cap), need (refused when used + held + need > limit), hold (reserved until settled, clamped to
+    what the limit leaves), use (counted at once: a request against rpm), ttl (seconds the key
+    outlives its window). Amounts are capped at MAX_AMOUNT: a client's max_tokens of 10**30 must
+    not break the arithmetic. (A plain class: six are made per request.)"""
 
-    def __post_init__(self):  # a client's max_tokens of 10**30 must not break the arithmetic
-        for name in ("need", "hold"):
-            object.__setattr__(self, name, min(getattr(self, name), MAX_AMOUNT))
-        if self.limit is not None:
-            object.__setattr__(self, "limit", min(self.limit, MAX_AMOUNT))
+    __slots__ = ("key", "limit", "need", "hold", "use", "ttl")
+
+    def __init__(self, key: str, limit: int | None, need: int, hold: int, use: int, ttl: int):
+        self.key, self.use, self.ttl = key, use, ttl
+        self.limit = None if limit is None else min(limit, MAX_AMOUNT)
+        self.need, self.hold = min(need, MAX_AMOUNT), min(hold, MAX_AMOUNT)
+
+    def __eq__(self, other):
+        return isinstance(other, Counter) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self):
+        return f"Counter({', '.join(repr(getattr(self, f)) for f in self.__slots__)})"
 
 
 class Refused(Exception):

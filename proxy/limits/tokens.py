@@ -126,11 +126,17 @@ def estimate_prompt(body: dict) -> int:
 
 
 def _positive(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return type(value) is int and value > 0  # (a bool is not a count)
 
 
 def output_cap(chat: dict, default: int) -> int:
     """The request's own output cap (else the default the operator set) times the completions
     it asks for: n choices (best_of generated) each up to the cap."""
-    cap = next((chat[key] for key in ("max_completion_tokens", "max_tokens") if _positive(chat.get(key))), default)
-    return cap * max((chat[key] for key in ("n", "best_of") if _positive(chat.get(key))), default=1)
+    cap = chat.get("max_completion_tokens")
+    if not _positive(cap):
+        cap = chat.get("max_tokens")
+        if not _positive(cap):
+            cap = default
+    n, best_of = chat.get("n"), chat.get("best_of")
+    completions = max(n if _positive(n) else 1, best_of if _positive(best_of) else 1)
+    return cap * completions

@@ -91,7 +91,7 @@ class LimitsPolicy(Policy):
             if tpm is not None:
                 counters.append(Counter(f"{base}:t:{window}", tpm, prompt, prompt + cap, 0, window_ttl))
                 kinds.append(("tokens", who))
-            spend = limits.spend_key(scope, period_id)
+            spend = limits.spend_key(scope, period_id, prefix)
             if budget is not None:
                 counters.append(Counter(spend, limits.nano(budget), 1, worst, 0, period_ttl))
                 kinds.append(("spend", who))

@@ -150,6 +150,8 @@ def summary(results, meta):
         out.extend(limits_summary(rows))
     if any(k[0].startswith("routing-") for k in rows):
         out.extend(routing_summary(rows))
+    if any(k[0].startswith("governance-") for k in rows):
+        out.extend(governance_summary(rows))
     if any(k[0] in ("portkey", "litellm") for k in rows):
         out.extend(peers_summary(rows))
     errors = sum(int(r["non2xx"] + r["socket_errors"]) for k, r in rows.items() if k[0] != "direct")
@@ -266,6 +268,30 @@ def routing_summary(rows):
         w(f"   a policy whose first target succeeds, p50 over the plain route {added:7.3f} ms   "
           f"target <= {TARGET_POLICY_MS} ms (noise at this scale: see bench/routing_overhead.py)")
     w("   (the 529 runs: after 5 failures in 30 s the breaker skips Anthropic for 30 s, then probes it)")
+    return out
+
+
+TARGET_GOVERNANCE_MS = {"governance-off": 0.4, "governance-on": 0.6}  # issue 14: added p50 at c=1
+
+
+def governance_summary(rows):
+    """Section 8 (BENCH_GOVERNANCE=1): every policy off, then the exact cache (miss), guardrails and
+    limits all on, on Redis; added = minus nginx direct (OpenAI route, same run)."""
+    out = ["", "8) Governance off and all on (exact MetaCache miss path, guardrails, limits; on Redis)",
+           f"   {'mode':<40} {'added p50 c=1':>13} {'p99 c=1':>8} {'c=64 req/s':>10} {'CPU/req c=64':>12} "
+           f"{'RSS MiB':>8} {'non2xx':>7}"]
+    w = out.append
+    d1 = rows.get(("direct", "openai", 1))
+    for server, label in (("governance-off", "every policy off"), ("governance-on", "cache miss + guardrails + limits")):
+        c1, c64 = rows.get((server, "openai-miss", 1)), rows.get((server, "openai-miss", 64))
+        if not c1 or not c64 or not d1:
+            continue
+        added = (c1["p50_us"] - d1["p50_us"]) / 1000
+        bad = sum(int(r["non2xx"] + r["socket_errors"]) for r in (c1, c64))
+        w(f"   {label:<40} {added:>13.3f} {ms(c1['p99_us']):>8} {c64['rps']:>10.0f} "
+          f"{c64.get('gw_cpu_ms_per_req', 0):>12.3f} {c64.get('rss_mib', 0):>8.1f} {bad:>7}")
+        limit = TARGET_GOVERNANCE_MS[server]
+        w(f"   {'':<40} target added p50 <= {limit} ms   {'PASS' if added <= limit else 'FAIL'}")
     return out
 
 

@@ -16,6 +16,8 @@
 #   BENCH_ROUTING=1 bench/run.sh      # + routing policies: Anthropic answers 529 to 20 % of requests;
 #                                     #   no policy vs failover anthropic -> openai; and the policy's
 #                                     #   cost when its first target is healthy
+#   BENCH_GOVERNANCE=1 bench/run.sh   # + every governance policy off, then all on (exact MetaCache miss
+#                                     #   path, guardrails, limits; on Redis), c=1 and c=64
 #   BENCH_PEERS=1 bench/run.sh        # + Portkey and LiteLLM on the same upstream, routes and load, one
 #                                     #   process each (installed once by bench/peers.sh into
 #                                     #   BENCH_PEERS_DIR, default bench/.peers; not in requirements)
@@ -164,6 +166,13 @@ start_gateway() {  # start_gateway FLAVOUR: uvicorn | daphne | uvicorn-w2 | cach
                          SMARTFLOW_CACHE_PREFIX="$CACHE_PREFIX" SMARTFLOW_METRICS_PREFIX="$CACHE_PREFIX:metrics" \
                          SMARTFLOW_CHANNELS_PREFIX="$CACHE_PREFIX:channels" \
                          setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
+        # Every governance policy off, or all on (exact MetaCache, limits, guardrails), on Redis.
+        governance-off|governance-on)
+            REDIS_URL="$BENCH_REDIS" CELERY_BROKER_URL= SMARTFLOW_LIMITS=$([[ $flavour == governance-off ]] && echo 0 || echo 1) \
+                SMARTFLOW_CACHE=$([[ $flavour == governance-off ]] && echo off || echo exact) SMARTFLOW_CACHE_TTL=600 \
+                SMARTFLOW_CACHE_PREFIX="$CACHE_PREFIX" SMARTFLOW_METRICS_PREFIX="$CACHE_PREFIX:metrics" \
+                SMARTFLOW_CHANNELS_PREFIX="$CACHE_PREFIX:channels" \
+                setsid "$PY" manage.py serve --host 127.0.0.1 >"$log" 2>&1 & ;;
         # Limits off or on, both on Redis (the same round trips apart from the policy's own).
         limits-off|limits-redis)
             REDIS_URL="$BENCH_REDIS" CELERY_BROKER_URL= SMARTFLOW_LIMITS=$([[ $flavour == limits-off ]] && echo 0 || echo 1) \
@@ -498,6 +507,41 @@ peer_runs() {
     done
 }
 
+guardrail_policies() {  # guardrail_policies on|off: every PII entity redacted both ways, injection flagged
+    "$PY" manage.py shell -c "from proxy.models import GuardrailPolicy as G; G.objects.filter(name__startswith='bench-').delete()
+if '$1' == 'on':
+    G.objects.create(name='bench-pii', kind='pii', action='redact', on='both')
+    G.objects.create(name='bench-injection', kind='injection', action='flag', on='prompt')"
+}
+
+# Governance side by side (issue 14): every policy off, then all on at once: the exact MetaCache's
+# miss path (every request different), guardrails and limits, on Redis, for a limited key.
+governance_runs() {
+    echo "governance (on Redis; off, then the exact MetaCache's miss path, guardrails and limits all on):"
+    CACHE_REDIS_USED=1
+    local plain_key=$KEY
+    start_gateway governance-off
+    preflight openai_request.json ""
+    for conc in 1 64; do measure governance-off openai-miss "$conc"; done
+    stop_gateway
+    "$PY" manage.py smartflow_team create bench-governance --rpm 1000000000 --tpm 2000000000 --budget 99999999 \
+        --period monthly >/dev/null
+    KEY="$("$PY" manage.py smartflow_key create --team bench-governance --rpm 1000000000 --tpm 2000000000 \
+        --budget 99999999 2>/dev/null | tail -n1)"
+    guardrail_policies on
+    start_gateway governance-on
+    preflight openai_request.json ""
+    if ! grep -qi '^x-ratelimit-remaining-requests' "$TMP/preflight.hdr" || ! grep -qi '^x-smartflow-cache' "$TMP/preflight.hdr"; then
+        echo "bench: governance-on: the answer lacks x-ratelimit-* or x-smartflow-cache: are the policies on?" >&2
+        exit 1
+    fi
+    for conc in 1 64; do measure governance-on openai-miss "$conc"; done
+    stop_gateway
+    guardrail_policies off
+    KEY=$plain_key
+}
+
+[[ "${BENCH_GOVERNANCE:-0}" == 1 ]] && governance_runs
 [[ "${BENCH_PEERS:-0}" == 1 ]] && peer_runs
 [[ "${BENCH_ROUTING:-0}" == 1 ]] && routing_runs
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak
@@ -536,11 +580,9 @@ if [[ "${BENCH_GUARDRAILS:-0}" == 1 ]]; then
     # The same streaming measurement with guardrails on; the issue's budget: chunks/s at c=32
     # within 15 % of the run above (guardrails off). Needs BENCH_STREAM=1 for that baseline.
     echo "streaming with guardrails on (pii redact on prompt and answer, injection flag):"
-    "$PY" manage.py shell -c "from proxy.models import GuardrailPolicy as G; G.objects.all().delete(); \
-G.objects.create(name='bench-pii', kind='pii', action='redact', on='both'); \
-G.objects.create(name='bench-injection', kind='injection', action='flag', on='prompt')"
+    guardrail_policies on
     BENCH_STREAM_HELD=1 stream_measure stream-guardrails
-    "$PY" manage.py shell -c "from proxy.models import GuardrailPolicy as G; G.objects.filter(name__startswith='bench-').delete()"
+    guardrail_policies off
 fi
 
 "$PY" - "$TMP/meta.json" "$DURATION" "$WARMUP" "$NGINX" "$WRK" "$LOADAVG_BEFORE" <<'EOF'

@@ -102,7 +102,10 @@ class Pipe:
         """The answer's future, on the open connection (call connect() first). Writes are gathered
         and made once per loop turn (a syscall costs more than a call's packing); a lazy one (a
         settlement nobody waits for) rides along with the next write, or goes within LAZY_S."""
-        proto, loop = self.proto, self.loop
+        return self._send(self.proto, args, lazy)
+
+    def _send(self, proto: _Protocol, args: tuple, lazy: bool = False) -> asyncio.Future:
+        loop = self.loop
         future = loop.create_future()
         proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto)))
         proto.buffer.append(hiredis.pack_command(args))
@@ -146,12 +149,11 @@ class Pipe:
         else:
             _, proto = await self.loop.create_connection(
                 _Protocol, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
-        self.proto = proto
-        try:
+        try:  # not self.proto until set up: a call written between AUTH and SELECT would run in database 0
             if self.password:
-                await self.send("AUTH", *((self.username,) if self.username else ()), self.password)
+                await self._send(proto, ("AUTH", *((self.username,) if self.username else ()), self.password))
             if self.db:
-                await self.send("SELECT", self.db)
+                await self._send(proto, ("SELECT", self.db))
         except BaseException:
             proto.transport.abort()
             raise

@@ -118,3 +118,21 @@ def test_password_user_and_database_from_the_url(redis_server):
     asyncio.run(main())
     assert redis.Redis(port=int(port), password="s3cret", db=3).get("where") == b"db3"
     assert redis.Redis(port=int(port), password="s3cret", db=0).get("where") is None
+
+
+def test_calls_made_while_the_connection_is_being_set_up_run_in_the_urls_database(redis_server):
+    """The handshake (AUTH, then SELECT) takes round trips; a call that came meanwhile must wait for
+    it, not be written between AUTH and SELECT and so run in database 0."""
+    _, url = redis_server("--requirepass", "s3cret")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+
+    async def main():
+        pipe = Pipe(f"redis://:s3cret@127.0.0.1:{port}/3", 2, 2)
+        calls = []
+        for i in range(200):  # one call per loop turn while the handshake's answers are on their way
+            calls.append(asyncio.ensure_future(pipe.call("SET", f"k{i}", i)))
+            await asyncio.sleep(0)
+        assert await asyncio.gather(*calls) == [b"OK"] * 200
+    asyncio.run(main())
+    assert redis.Redis(port=int(port), password="s3cret", db=0).dbsize() == 0
+    assert redis.Redis(port=int(port), password="s3cret", db=3).dbsize() == 200

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 
 import hiredis
@@ -90,7 +89,12 @@ class Pipe:
 
         options = parse_url(url)
         self.host, self.port, self.path = options.get("host", "localhost"), options.get("port", 6379), options.get("path")
-        self.tls = "SSL" in getattr(options.get("connection_class"), "__name__", "")
+        self.tls = None
+        if "SSL" in getattr(options.get("connection_class"), "__name__", ""):  # rediss://: redis-py's TLS, as the URL sets it
+            from redis.asyncio.connection import RedisSSLContext
+
+            settings = {name[4:]: value for name, value in options.items() if name.startswith("ssl_")}
+            self.tls = RedisSSLContext(**{"cert_reqs": "required", "check_hostname": True, **settings}).get()
         self.username, self.password, self.db = options.get("username"), options.get("password"), options.get("db", 0)
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.loop = asyncio.get_running_loop()
@@ -148,7 +152,7 @@ class Pipe:
             _, proto = await self.loop.create_unix_connection(_Protocol, self.path)
         else:
             _, proto = await self.loop.create_connection(
-                _Protocol, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
+                _Protocol, self.host, self.port, ssl=self.tls)
         try:  # not self.proto until set up: a call written between AUTH and SELECT would run in database 0
             if self.password:
                 await self._send(proto, ("AUTH", *((self.username,) if self.username else ()), self.password))

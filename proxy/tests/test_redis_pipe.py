@@ -1,11 +1,15 @@
 """The pipelined Redis client of the limits (proxy/redis_pipe.py), against real redis-servers."""
 import asyncio
+import shutil
 import signal
+import ssl
+import subprocess
 import time
 
 import pytest
 import redis
 
+from conftest import free_port
 from proxy import redis_pipe
 from proxy.redis_pipe import Pipe, RedisError, Script
 
@@ -136,3 +140,27 @@ def test_calls_made_while_the_connection_is_being_set_up_run_in_the_urls_databas
     asyncio.run(main())
     assert redis.Redis(port=int(port), password="s3cret", db=0).dbsize() == 0
     assert redis.Redis(port=int(port), password="s3cret", db=3).dbsize() == 200
+
+
+def test_the_urls_tls_options_are_those_of_the_other_redis_clients(redis_server, tmp_path):
+    """rediss://…?ssl_cert_reqs=none (a managed Redis' own certificate) or ?ssl_ca_certs=… mean the
+    same to this client as to redis-py's (the /health ping, the management reads)."""
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = free_port()
+    redis_server("--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                 "--tls-auth-clients", "no")
+    assert redis.Redis(port=tls, ssl=True, ssl_cert_reqs="none").ping()  # up with its plain port
+
+    async def main():
+        unchecked = Pipe(f"rediss://127.0.0.1:{tls}/0?ssl_cert_reqs=none", 2, 2)
+        assert await unchecked.call("PING") == b"PONG"
+        trusted = Pipe(f"rediss://localhost:{tls}/0?ssl_ca_certs={cert}", 2, 2)
+        assert await trusted.call("PING") == b"PONG"
+        with pytest.raises(ssl.SSLCertVerificationError):  # and verified by default
+            await Pipe(f"rediss://localhost:{tls}/0", 2, 2).call("PING")
+    asyncio.run(main())

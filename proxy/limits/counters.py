@@ -136,13 +136,16 @@ class MemoryCounters:
 # between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
 # cost per call. h:<id> records a hold's bucket until it is settled, so a settlement retried after a lost
 # answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
+# would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
-# ('': none), now and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
+# ('': none) and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
 # changed), else {1, held1, total1, used1, held2, ...}.
 _RESERVE = Script("""
 local n = #KEYS
 local id = ARGV[5 * n + 1]
-local bucket = math.floor(tonumber(ARGV[5 * n + 2]) / (tonumber(ARGV[5 * n + 3]) / 4))
+local clock = redis.call('TIME')
+local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
 local fields = {'used', 'held'}
 for b = bucket - 4, bucket do fields[#fields + 1] = 'b:' .. b end
 local cur, used, fresh, open = {}, {}, {}, {}
@@ -185,14 +188,15 @@ end
 return out
 """)
 # KEYS: the counters; ARGV: for each, held, used, ttl; then the hold id, how many of the first counters
-# it reserved, now and the holds' lifetime. There the hold's own field decides, so a settlement retried
+# it reserved and the holds' lifetime. There the hold's own field decides, so a settlement retried
 # after a lost answer counts once: gone (settled already) nothing; its bucket too old (no longer
 # counted) the use only; else the hold is released and the use counted. The others (spend counted
 # without a reservation, holds without an id) as told.
 _SETTLE = Script("""
 local n = #KEYS
 local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
-local bucket = math.floor(tonumber(ARGV[3 * n + 3]) / (tonumber(ARGV[3 * n + 4]) / 4))
+local clock = redis.call('TIME')
+local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[3 * n + 3]) / 4))
 for i = 1, n do
   local held = tonumber(ARGV[3 * i - 2])
   local count = true
@@ -254,7 +258,7 @@ class RedisCounters(SyncRedis):
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
-        args += [hold_id, f"{time.time():.3f}", hold_life()]
+        args += [hold_id, hold_life()]
         try:
             answer = await self._pipe().script(_RESERVE, [c.key for c in counters], args)
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
@@ -286,7 +290,7 @@ class RedisCounters(SyncRedis):
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
-        args += [hold_id, tracked if hold_id else 0, f"{time.time():.3f}", hold_life()]
+        args += [hold_id, tracked if hold_id else 0, hold_life()]
         try:
             await self._pipe().script(_SETTLE, [item[0] for item in items], args, lazy=True)
         except Exception as exc:

@@ -403,6 +403,30 @@ def test_a_hold_never_settled_expires_and_a_late_or_repeated_settlement_counts_o
 
 
 @pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_hold_counts_for_every_process_whatever_its_clock(monkeypatch):
+    """Two gateway hosts' clocks differ by milliseconds: at a time bucket's edge, the one ahead must
+    not hold in a bucket the one behind does not count yet (both would take the last of the budget)."""
+    import types
+
+    spend, life = key(), 4
+    monkeypatch.setattr(store, "hold_life", lambda: life)
+    edge = (time.time() // (life / 4) + 1) * (life / 4)  # where one bucket ends and the next begins
+    ahead, behind = RedisCounters(REDIS), RedisCounters(REDIS)
+
+    async def main():
+        monkeypatch.setattr(store, "time", types.SimpleNamespace(time=lambda: edge, monotonic=time.monotonic))
+        await ahead.reserve([Counter(spend, 100, 1, 80, 0, 60)], "on-the-host-ahead")
+        monkeypatch.setattr(store, "time", types.SimpleNamespace(time=lambda: edge - 0.01, monotonic=time.monotonic))
+        with pytest.raises(Refused) as refused:  # 80 held + 30 needed > 100
+            await behind.reserve([Counter(spend, 100, 30, 30, 0, 60)], "on-the-host-behind")
+        assert refused.value.current == 80
+    asyncio.run(main())
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(spend)
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
 def test_settlements_redis_missed_are_retried_once_it_answers(monkeypatch):
     counters, spend = RedisCounters(REDIS), key()
     monkeypatch.setattr(store, "BACKOFF_S", 0.2)

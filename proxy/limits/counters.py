@@ -134,8 +134,10 @@ class MemoryCounters:
 # Holds with an id are counted in the field b:<bucket> of the time bucket they were made in, a
 # quarter of hold_life() wide; the five latest buckets count, so a hold never settled stops counting
 # between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
-# cost per call. h:<id> records a hold's bucket until it is settled, so a settlement retried after a lost
-# answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# cost per call. 'o' is the latest bucket a hold was made in: when a later one opens, the fields of
+# those between that no longer count are deleted (every b: field is within 'o' - 4 to 'o'), however
+# long the key went without a hold. h:<id> records a hold's bucket until it is settled, so a
+# settlement retried after a lost answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
 # The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
 # would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
@@ -146,17 +148,18 @@ local n = #KEYS
 local id = ARGV[5 * n + 1]
 local clock = redis.call('TIME')
 local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
-local fields = {'used', 'held'}
+local fields = {'used', 'held', 'o'}
 for b = bucket - 4, bucket do fields[#fields + 1] = 'b:' .. b end
-local cur, used, fresh, open = {}, {}, {}, {}
+local cur, used, fresh, opened = {}, {}, {}, {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], unpack(fields))
   local held = 0
-  for j = 2, 7 do held = held + (tonumber(v[j]) or 0) end
+  for j = 4, 8 do held = held + (tonumber(v[j]) or 0) end
+  held = held + (tonumber(v[2]) or 0)
   used[i] = tonumber(v[1]) or 0
   cur[i] = used[i] + held
   fresh[i] = not v[1]
-  open[i] = not v[7]
+  opened[i] = tonumber(v[3])
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
     return {0, i - 1, cur[i], used[i]}
@@ -175,7 +178,15 @@ for i = 1, n do
     if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
   elseif asked > 0 then
     if hold ~= 0 then
-      if open[i] then redis.call('HDEL', KEYS[i], 'b:' .. (bucket - 5)) end
+      local last = opened[i]
+      if not last or bucket > last then  -- a new bucket: the fields of those no longer counted go
+        if last then
+          local gone = {}
+          for b = last - 4, math.min(last, bucket - 5) do gone[#gone + 1] = 'b:' .. b end
+          if #gone > 0 then redis.call('HDEL', KEYS[i], unpack(gone)) end
+        end
+        redis.call('HSET', KEYS[i], 'o', bucket)
+      end
       redis.call('HINCRBY', KEYS[i], 'b:' .. bucket, string.format('%d', hold))
     end
     redis.call('HSET', KEYS[i], 'h:' .. id, bucket)

@@ -110,9 +110,10 @@ class Pipe:
 
     def _send(self, proto: _Protocol, args: tuple, lazy: bool = False) -> asyncio.Future:
         loop = self.loop
+        command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited
         future = loop.create_future()
         proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto)))
-        proto.buffer.append(hiredis.pack_command(args))
+        proto.buffer.append(command)
         if not lazy:
             if proto.soon is None:
                 proto.soon = loop.call_soon(proto.flush)

@@ -40,6 +40,20 @@ def test_concurrent_calls_each_get_their_own_answer_in_one_write_per_loop_turn(r
     asyncio.run(main())
 
 
+def test_a_call_whose_arguments_cannot_be_sent_fails_alone(redis_server):
+    """Had it left a future waiting for an answer it never asked for, every later call on the
+    connection would get the answer of the one before it (another request's cache entry)."""
+    _, url = redis_server()
+
+    async def main():
+        pipe, _ = await connected(url)
+        await pipe.call("SET", "mine", "value")
+        for bad in (None, True, "\udc80"):
+            with pytest.raises((TypeError, UnicodeEncodeError)):
+                await pipe.call("SET", "k", bad)
+        assert await asyncio.gather(pipe.call("ECHO", "a"), pipe.call("GET", "mine")) == [b"a", b"value"]
+    asyncio.run(main())
+
 def test_a_lazy_call_rides_with_the_next_write_or_goes_alone_soon(redis_server):
     _, url = redis_server()
 

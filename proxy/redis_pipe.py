@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ssl
 from collections import deque
 
 import hiredis
@@ -90,7 +89,12 @@ class Pipe:
 
         options = parse_url(url)
         self.host, self.port, self.path = options.get("host", "localhost"), options.get("port", 6379), options.get("path")
-        self.tls = "SSL" in getattr(options.get("connection_class"), "__name__", "")
+        self.tls = None
+        if "SSL" in getattr(options.get("connection_class"), "__name__", ""):  # rediss://: redis-py's TLS, as the URL sets it
+            from redis.asyncio.connection import RedisSSLContext
+
+            settings = {name[4:]: value for name, value in options.items() if name.startswith("ssl_")}
+            self.tls = RedisSSLContext(**{"cert_reqs": "required", "check_hostname": True, **settings}).get()
         self.username, self.password, self.db = options.get("username"), options.get("password"), options.get("db", 0)
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.loop = asyncio.get_running_loop()
@@ -102,10 +106,14 @@ class Pipe:
         """The answer's future, on the open connection (call connect() first). Writes are gathered
         and made once per loop turn (a syscall costs more than a call's packing); a lazy one (a
         settlement nobody waits for) rides along with the next write, or goes within LAZY_S."""
-        proto, loop = self.proto, self.loop
+        return self._send(self.proto, args, lazy)
+
+    def _send(self, proto: _Protocol, args: tuple, lazy: bool = False) -> asyncio.Future:
+        loop = self.loop
+        command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited
         future = loop.create_future()
         proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto)))
-        proto.buffer.append(hiredis.pack_command(args))
+        proto.buffer.append(command)
         if not lazy:
             if proto.soon is None:
                 proto.soon = loop.call_soon(proto.flush)
@@ -145,13 +153,12 @@ class Pipe:
             _, proto = await self.loop.create_unix_connection(_Protocol, self.path)
         else:
             _, proto = await self.loop.create_connection(
-                _Protocol, self.host, self.port, ssl=ssl.create_default_context() if self.tls else None)
-        self.proto = proto
-        try:
+                _Protocol, self.host, self.port, ssl=self.tls)
+        try:  # not self.proto until set up: a call written between AUTH and SELECT would run in database 0
             if self.password:
-                await self.send("AUTH", *((self.username,) if self.username else ()), self.password)
+                await self._send(proto, ("AUTH", *((self.username,) if self.username else ()), self.password))
             if self.db:
-                await self.send("SELECT", self.db)
+                await self._send(proto, ("SELECT", self.db))
         except BaseException:
             proto.transport.abort()
             raise

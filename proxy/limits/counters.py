@@ -138,26 +138,32 @@ class MemoryCounters:
 # Holds with an id are counted in the field b:<bucket> of the time bucket they were made in, a
 # quarter of hold_life() wide; the five latest buckets count, so a hold never settled stops counting
 # between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
-# cost per call. h:<id> records a hold's bucket until it is settled, so a settlement retried after a lost
-# answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# cost per call. 'o' is the latest bucket a hold was made in: when a later one opens, the fields of
+# those between that no longer count are deleted (every b: field is within 'o' - 4 to 'o'), however
+# long the key went without a hold. h:<id> records a hold's bucket until it is settled, so a
+# settlement retried after a lost answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
+# would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
-# ('': none), now and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
+# ('': none) and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
 # changed), else {1, held1, total1, used1, held2, ...}.
 _RESERVE = Script("""
 local n = #KEYS
 local id = ARGV[5 * n + 1]
-local bucket = math.floor(tonumber(ARGV[5 * n + 2]) / (tonumber(ARGV[5 * n + 3]) / 4))
-local fields = {'used', 'held'}
+local clock = redis.call('TIME')
+local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
+local fields = {'used', 'held', 'o'}
 for b = bucket - 4, bucket do fields[#fields + 1] = 'b:' .. b end
-local cur, used, fresh, open = {}, {}, {}, {}
+local cur, used, fresh, opened = {}, {}, {}, {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], unpack(fields))
   local held = 0
-  for j = 2, 7 do held = held + (tonumber(v[j]) or 0) end
+  for j = 4, 8 do held = held + (tonumber(v[j]) or 0) end
+  held = held + (tonumber(v[2]) or 0)
   used[i] = tonumber(v[1]) or 0
   cur[i] = used[i] + held
   fresh[i] = not v[1]
-  open[i] = not v[7]
+  opened[i] = tonumber(v[3])
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
     return {0, i - 1, cur[i], used[i]}
@@ -176,7 +182,15 @@ for i = 1, n do
     if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
   elseif asked > 0 then
     if hold ~= 0 then
-      if open[i] then redis.call('HDEL', KEYS[i], 'b:' .. (bucket - 5)) end
+      local last = opened[i]
+      if not last or bucket > last then  -- a new bucket: the fields of those no longer counted go
+        if last then
+          local gone = {}
+          for b = last - 4, math.min(last, bucket - 5) do gone[#gone + 1] = 'b:' .. b end
+          if #gone > 0 then redis.call('HDEL', KEYS[i], unpack(gone)) end
+        end
+        redis.call('HSET', KEYS[i], 'o', bucket)
+      end
       redis.call('HINCRBY', KEYS[i], 'b:' .. bucket, string.format('%d', hold))
     end
     redis.call('HSET', KEYS[i], 'h:' .. id, bucket)
@@ -189,14 +203,15 @@ end
 return out
 """)
 # KEYS: the counters; ARGV: for each, held, used, ttl; then the hold id, how many of the first counters
-# it reserved, now and the holds' lifetime. There the hold's own field decides, so a settlement retried
+# it reserved and the holds' lifetime. There the hold's own field decides, so a settlement retried
 # after a lost answer counts once: gone (settled already) nothing; its bucket too old (no longer
 # counted) the use only; else the hold is released and the use counted. The others (spend counted
 # without a reservation, holds without an id) as told.
 _SETTLE = Script("""
 local n = #KEYS
 local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
-local bucket = math.floor(tonumber(ARGV[3 * n + 3]) / (tonumber(ARGV[3 * n + 4]) / 4))
+local clock = redis.call('TIME')
+local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[3 * n + 3]) / 4))
 for i = 1, n do
   local held = tonumber(ARGV[3 * i - 2])
   local count = true
@@ -258,7 +273,7 @@ class RedisCounters(SyncRedis):
         args = []
         for c in counters:
             args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
-        args += [hold_id, f"{time.time():.3f}", hold_life()]
+        args += [hold_id, hold_life()]
         try:
             answer = await self._pipe().script(_RESERVE, [c.key for c in counters], args)
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
@@ -290,7 +305,7 @@ class RedisCounters(SyncRedis):
         args = []
         for _, held, used, ttl in items:
             args += [held, used, ttl]
-        args += [hold_id, tracked if hold_id else 0, f"{time.time():.3f}", hold_life()]
+        args += [hold_id, tracked if hold_id else 0, hold_life()]
         try:
             await self._pipe().script(_SETTLE, [item[0] for item in items], args, lazy=True)
         except Exception as exc:

@@ -173,6 +173,17 @@ _EVERY_ENTITY = [R.Rule.compile(R.validate({"name": "unchecked", "kind": "pii", 
 
 _TEXTS = frozenset({"content", "refusal"})
 _CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
+# What the response rules check of a message or a delta. An OpenAI-compatible upstream's may carry
+# other text (reasoning_content, a legacy function_call, an audio transcript): under a redact or block
+# rule it is dropped, as logprobs are, rather than passed on unchecked.
+_CHECKED = frozenset({"role", "content", "refusal", "tool_calls"})
+
+
+def _checked_only(holder: dict, key: str):
+    """holder[key] (a message or a delta) without what the rules cannot check."""
+    value = holder.get(key)
+    if isinstance(value, dict) and not value.keys() <= _CHECKED:
+        holder[key] = {k: v for k, v in value.items() if k in _CHECKED}
 
 
 def _is_held(choice: dict) -> bool:
@@ -239,6 +250,7 @@ class GuardrailsPolicy(Policy):
             for choice in choices:
                 if choice.get("logprobs") is not None:
                     choice["logprobs"] = None  # its tokens spell out what the window redacts
+                _checked_only(choice, "delta")
                 self._choice(state, choice)
         except Blocked as exc:
             state.blocked_by = exc.rule.name
@@ -301,9 +313,10 @@ class GuardrailsPolicy(Policy):
             return  # a stream was checked chunk by chunk
         state.response = verdict = _check(state.response_rules, answer_slots(response))
         if state.stream_rules:  # a redact or block rule: logprobs' tokens would spell out what it removes
-            for choice in response.get("choices") or ():
-                if isinstance(choice, dict) and choice.get("logprobs") is not None:
+            for choice in _dicts(response.get("choices")):
+                if choice.get("logprobs") is not None:
                     choice["logprobs"] = None
+                _checked_only(choice, "message")
         if verdict.block is not None:
             state.blocked_by = verdict.block.name
             ex.out["x-smartflow-compliance"] = "blocked"

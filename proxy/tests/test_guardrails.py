@@ -203,6 +203,22 @@ def test_logprobs_never_spell_out_what_a_response_rule_redacts(gateway, guard, s
     assert EMAIL not in answer.model_dump_json()
 
 
+def test_an_answers_texts_the_rules_cannot_check_are_not_passed_on(gateway, guard, proxy_client, fake_upstream):
+    """An OpenAI-compatible upstream's message can carry more text than content, refusal and tool
+    calls (reasoning_content, a legacy function_call, an audio transcript)."""
+    guard(name="resp", action="redact", on="response")
+    message = {"role": "assistant", "content": "mail " + EMAIL, "reasoning_content": f"the address is {EMAIL}",
+               "function_call": {"name": "send", "arguments": json.dumps({"to": EMAIL})},
+               "audio": {"id": "a1", "transcript": EMAIL}}
+    whole = {"id": "c3", "object": "chat.completion", "created": 1, "model": "gpt-4.1", "choices": [
+        {"index": 0, "message": message, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}}
+    fake_upstream.script(provider="openai", body=whole)
+    reply = proxy_client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": user("hi")})
+    assert reply.status_code == 200 and EMAIL not in reply.text
+    assert reply.json()["choices"][0]["message"] == {"role": "assistant", "content": "mail <EMAIL_ADDRESS>"}
+
+
 def test_tool_call_arguments_are_redacted_in_streams(gateway, guard, sdk, fake_upstream):
     guard(name="resp", action="redact", on="response")
     arguments = json.dumps({"to": EMAIL, "body": "hi"})

@@ -173,3 +173,20 @@ def test_a_chunk_whose_text_is_all_held_is_not_sent():
     assert policy.chunk(ex, usage) is usage  # anything else in it still goes out
     last = policy.chunk(ex, delta(0, "stop", content="mple.org"))
     assert last["choices"][0]["delta"] == {"content": "mail <EMAIL_ADDRESS>", "refusal": "no"}
+
+
+def test_texts_the_rules_cannot_check_never_reach_the_client():
+    """An OpenAI-compatible upstream's delta can carry more text than content, refusal and tool
+    calls (reasoning_content, a legacy function_call, an audio transcript): under a redact rule it is
+    dropped, as logprobs are, not passed on unchecked."""
+    policy = GuardrailsPolicy(Rules(REDACT))
+    ex = exchange()
+    import asyncio
+
+    asyncio.run(policy.request(ex))
+    sent = [policy.chunk(ex, chunk) for chunk in (
+        delta(0, role="assistant", content="", reasoning_content=f"they asked; {EMAIL} is the one"),
+        delta(0, reasoning_content=EMAIL), delta(0, content="ok", function_call={"arguments": EMAIL}),
+        delta(0, audio={"transcript": EMAIL}), delta(0, "stop"))]
+    assert EMAIL not in json.dumps(sent)
+    assert sent[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}

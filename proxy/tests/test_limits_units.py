@@ -398,8 +398,59 @@ def test_a_hold_never_settled_expires_and_a_late_or_repeated_settlement_counts_o
     asyncio.run(main())
     client = redis.Redis.from_url(REDIS)
     assert client.hkeys(rpm) == [b"used"]  # a counter that holds nothing tracks no hold
-    assert client.hkeys(spend) == [b"used"]  # nothing left of either hold
+    assert sorted(client.hkeys(spend)) == [b"o", b"used"]  # nothing left of either hold but the latest bucket's number
     client.delete(spend, rpm)
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_crashed_holds_bucket_is_forgotten_however_long_until_the_next_hold(monkeypatch):
+    """A total budget's key never expires: the field of a bucket that no longer counts must go even
+    when no hold was made in the one bucket that used to delete it (five later)."""
+    import redis
+
+    from conftest import wait_for
+
+    client, counters, spend = redis.Redis.from_url(REDIS), RedisCounters(REDIS), key()
+    monkeypatch.setattr(store, "hold_life", lambda: 1)
+
+    def bucket():
+        seconds, micros = client.time()
+        return int((seconds + micros / 1e6) // 0.25)
+
+    async def reserve(hold_id):
+        return await counters.reserve([Counter(spend, 100, 1, 80, 0, 0)], hold_id)
+    asyncio.run(reserve("crashed"))
+    crashed = bucket()
+    wait_for(lambda: bucket() >= crashed + 7)  # well past the five that count, and not the fifth next
+    asyncio.run(reserve("next"))
+    asyncio.run(counters.settle([(spend, 80, 5, 0)], "next", 1))
+    fields = client.hgetall(spend)
+    client.delete(spend)
+    assert [k for k in fields if k.startswith(b"b:")] == [] and fields[b"used"] == b"5"
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_hold_counts_for_every_process_whatever_its_clock(monkeypatch):
+    """Two gateway hosts' clocks differ by milliseconds: at a time bucket's edge, the one ahead must
+    not hold in a bucket the one behind does not count yet (both would take the last of the budget)."""
+    import types
+
+    spend, life = key(), 4
+    monkeypatch.setattr(store, "hold_life", lambda: life)
+    edge = (time.time() // (life / 4) + 1) * (life / 4)  # where one bucket ends and the next begins
+    ahead, behind = RedisCounters(REDIS), RedisCounters(REDIS)
+
+    async def main():
+        monkeypatch.setattr(store, "time", types.SimpleNamespace(time=lambda: edge, monotonic=time.monotonic))
+        await ahead.reserve([Counter(spend, 100, 1, 80, 0, 60)], "on-the-host-ahead")
+        monkeypatch.setattr(store, "time", types.SimpleNamespace(time=lambda: edge - 0.01, monotonic=time.monotonic))
+        with pytest.raises(Refused) as refused:  # 80 held + 30 needed > 100
+            await behind.reserve([Counter(spend, 100, 30, 30, 0, 60)], "on-the-host-behind")
+        assert refused.value.current == 80
+    asyncio.run(main())
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(spend)
 
 
 @pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")

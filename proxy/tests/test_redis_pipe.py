@@ -1,11 +1,15 @@
 """The pipelined Redis client of the limits (proxy/redis_pipe.py), against real redis-servers."""
 import asyncio
+import shutil
 import signal
+import ssl
+import subprocess
 import time
 
 import pytest
 import redis
 
+from conftest import free_port
 from proxy import redis_pipe
 from proxy.redis_pipe import Pipe, RedisError, Script
 
@@ -35,6 +39,20 @@ def test_concurrent_calls_each_get_their_own_answer_in_one_write_per_loop_turn(r
         assert await pipe.call("INCR", "n") == 6  # an error reply leaves the connection in step
     asyncio.run(main())
 
+
+def test_a_call_whose_arguments_cannot_be_sent_fails_alone(redis_server):
+    """Had it left a future waiting for an answer it never asked for, every later call on the
+    connection would get the answer of the one before it (another request's cache entry)."""
+    _, url = redis_server()
+
+    async def main():
+        pipe, _ = await connected(url)
+        await pipe.call("SET", "mine", "value")
+        for bad in (None, True, "\udc80"):
+            with pytest.raises((TypeError, UnicodeEncodeError)):
+                await pipe.call("SET", "k", bad)
+        assert await asyncio.gather(pipe.call("ECHO", "a"), pipe.call("GET", "mine")) == [b"a", b"value"]
+    asyncio.run(main())
 
 def test_a_lazy_call_rides_with_the_next_write_or_goes_alone_soon(redis_server):
     _, url = redis_server()
@@ -118,3 +136,45 @@ def test_password_user_and_database_from_the_url(redis_server):
     asyncio.run(main())
     assert redis.Redis(port=int(port), password="s3cret", db=3).get("where") == b"db3"
     assert redis.Redis(port=int(port), password="s3cret", db=0).get("where") is None
+
+
+def test_calls_made_while_the_connection_is_being_set_up_run_in_the_urls_database(redis_server):
+    """The handshake (AUTH, then SELECT) takes round trips; a call that came meanwhile must wait for
+    it, not be written between AUTH and SELECT and so run in database 0."""
+    _, url = redis_server("--requirepass", "s3cret")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+
+    async def main():
+        pipe = Pipe(f"redis://:s3cret@127.0.0.1:{port}/3", 2, 2)
+        calls = []
+        for i in range(200):  # one call per loop turn while the handshake's answers are on their way
+            calls.append(asyncio.ensure_future(pipe.call("SET", f"k{i}", i)))
+            await asyncio.sleep(0)
+        assert await asyncio.gather(*calls) == [b"OK"] * 200
+    asyncio.run(main())
+    assert redis.Redis(port=int(port), password="s3cret", db=0).dbsize() == 0
+    assert redis.Redis(port=int(port), password="s3cret", db=3).dbsize() == 200
+
+
+def test_the_urls_tls_options_are_those_of_the_other_redis_clients(redis_server, tmp_path):
+    """rediss://…?ssl_cert_reqs=none (a managed Redis' own certificate) or ?ssl_ca_certs=… mean the
+    same to this client as to redis-py's (the /health ping, the management reads)."""
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tls = free_port()
+    redis_server("--tls-port", str(tls), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                 "--tls-auth-clients", "no")
+    assert redis.Redis(port=tls, ssl=True, ssl_cert_reqs="none").ping()  # up with its plain port
+
+    async def main():
+        unchecked = Pipe(f"rediss://127.0.0.1:{tls}/0?ssl_cert_reqs=none", 2, 2)
+        assert await unchecked.call("PING") == b"PONG"
+        trusted = Pipe(f"rediss://localhost:{tls}/0?ssl_ca_certs={cert}", 2, 2)
+        assert await trusted.call("PING") == b"PONG"
+        with pytest.raises(ssl.SSLCertVerificationError):  # and verified by default
+            await Pipe(f"rediss://localhost:{tls}/0", 2, 2).call("PING")
+    asyncio.run(main())

@@ -7,6 +7,7 @@ on both and the tests hold for either.
 import asyncio
 import threading
 from datetime import datetime, timezone
+from functools import partial
 
 import pytest
 from django.db import OperationalError
@@ -203,9 +204,15 @@ async def test_every_batch_is_written_from_one_thread_so_one_connection_caches_t
     await asyncio.gather(*(asyncio.to_thread(ready.wait) for _ in range(4)))
     writer = Recorder()
     records = [record() for _ in range(8)]
-    for rec in records:
-        writer.add(rec)
-        await writer.flush()
-        await asyncio.gather(*(asyncio.to_thread(threading.get_ident) for _ in range(4)))
-    assert len(threads) == 8 and len(set(threads)) == 1
-    assert await asyncio.to_thread(lambda: VASLog.objects.filter(pk__in=[r["id"] for r in records]).count()) == 8
+    on_writer = partial(asyncio.get_running_loop().run_in_executor, writer._writer)
+    try:
+        for rec in records:
+            writer.add(rec)
+            await writer.flush()
+            await asyncio.gather(*(asyncio.to_thread(threading.get_ident) for _ in range(4)))
+        assert len(threads) == 8 and len(set(threads)) == 1
+        assert await on_writer(lambda: VASLog.objects.filter(pk__in=[r["id"] for r in records]).count()) == 8
+    finally:  # the writer thread's own connection, before the test database goes (PostgreSQL refuses to drop it)
+        from django.db import connection
+
+        await on_writer(lambda: connection.close())

@@ -135,7 +135,9 @@ def test_linear_time_on_hostile_megabytes(make):
     small, large = make(100_000), make(1_000_000)
     scan(small)
     small_s, large_s = best_time(scan, small), best_time(scan, large)  # the best of two: the machine is shared
-    assert large_s < 2.0 and large_s < 25 * small_s + 0.05
+    # Linear is the property (ten times the text, at most ~25 times the time); the ceiling only
+    # catches a runaway: this machine kind takes 2.7 s for the densest input, a quadratic one minutes.
+    assert large_s < 6.0 and large_s < 25 * small_s + 0.05
 
 
 def best_time(fn, *args) -> float:

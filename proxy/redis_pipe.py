@@ -6,6 +6,11 @@ in Python, a retry wrapper): per request, more than the whole gateway's budget. 
 packed write and one future. Redis answers a connection's commands in the order they came, so the
 futures wait in a queue. A call that is not answered within the timeout aborts the connection and
 fails every call waiting on it (their answers can no longer be matched); the next call reconnects.
+
+A timeout is Redis' silence, not the loop's lateness: under a burst one loop turn can take longer
+than the timeout, and an answer that arrived meanwhile sits unread. So a call's timer, when it fires,
+looks again two loop turns later (by then whatever was readable has been read) and fails only if
+nothing came in; a connection is given a few loop turns as well as connect_timeout seconds.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from collections import deque
 import hiredis
 
 LAZY_S = 0.005
+CONNECT_TURNS = 8  # a healthy connect takes 3 to 5 loop turns (connected, set up, AUTH and SELECT answered)
 
 
 class RedisError(Exception):
@@ -34,6 +40,7 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque = deque()  # (future, timeout handle), in the order the commands were written
         self.transport = None
         self.lost = self.timed_out = False
+        self.replies = 0  # answers read so far: whether Redis spoke while a timer ran
         self.buffer: list[bytes] = []  # packed commands not written yet
         self.soon = self.later = None  # the handles that will write them
 
@@ -41,6 +48,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data):
+        self.replies += 1
         self.reader.feed(data)
         pending = self.pending
         try:
@@ -112,7 +120,7 @@ class Pipe:
         loop = self.loop
         command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited
         future = loop.create_future()
-        proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto)))
+        proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto, future)))
         proto.buffer.append(command)
         if not lazy:
             if proto.soon is None:
@@ -142,11 +150,27 @@ class Pipe:
             if self.failed_at >= started:  # failed while this caller waited: not again at once
                 raise ConnectionError(self.failure)
             try:
-                self.proto = await asyncio.wait_for(self._open(), self.connect_timeout)
+                self.proto = await self._open_in_time()
             except BaseException as exc:
                 self.proto = None
                 self.failed_at, self.failure = self.loop.time(), f"Redis connection failed ({type(exc).__name__})"
                 raise
+
+    async def _open_in_time(self) -> _Protocol:
+        """_open(), failed once connect_timeout has passed and the loop has turned CONNECT_TURNS
+        times: a busy loop's few long turns are not a Redis that does not answer."""
+        task = self.loop.create_task(self._open())
+        deadline, turns = self.loop.time() + self.connect_timeout, 0
+        try:
+            while not task.done():
+                await asyncio.wait((task,), timeout=max(0.0, deadline - self.loop.time()) or 0.01)
+                turns += 1
+                if not task.done() and turns >= CONNECT_TURNS and self.loop.time() >= deadline:
+                    raise TimeoutError("Redis connection timed out")
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _open(self) -> _Protocol:
         if self.path:
@@ -164,9 +188,18 @@ class Pipe:
             raise
         return proto
 
-    def _timed_out(self, proto: _Protocol):
-        proto.timed_out = True
-        proto.transport.abort()  # connection_lost fails every call waiting on it
+    def _timed_out(self, proto: _Protocol, future: asyncio.Future, replies: int = -1, turns: int = 2):
+        if future.done() or proto.lost:
+            return
+        if replies < 0:  # the timer: what has arrived unread decides, two turns from now
+            replies = proto.replies
+        if turns:
+            self.loop.call_soon(self._timed_out, proto, future, replies, turns - 1)
+        elif proto.replies != replies:  # Redis is answering, the queue is long: another timeout
+            self.loop.call_later(self.timeout, self._timed_out, proto, future)
+        else:
+            proto.timed_out = True
+            proto.transport.abort()  # connection_lost fails every call waiting on it
 
     def close(self):
         if self.proto is not None:

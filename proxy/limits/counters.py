@@ -260,7 +260,7 @@ class RedisCounters(SyncRedis):
 
     def _down(self, exc: Exception):
         if time.monotonic() >= self.down_until:
-            log.warning("Limits: Redis unavailable (%s); for %ss limits are %s", type(exc).__name__, BACKOFF_S,
+            log.warning("Limits: Redis unavailable (%s: %s); for %ss limits are %s", type(exc).__name__, exc, BACKOFF_S,
                         "counted in this process only" if _fail_open() else "refusing requests (503)")
         self.down_until = time.monotonic() + BACKOFF_S
         self.last_error = type(exc).__name__

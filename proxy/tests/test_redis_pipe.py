@@ -178,3 +178,23 @@ def test_the_urls_tls_options_are_those_of_the_other_redis_clients(redis_server,
         with pytest.raises(ssl.SSLCertVerificationError):  # and verified by default
             await Pipe(f"rediss://localhost:{tls}/0", 2, 2).call("PING")
     asyncio.run(main())
+
+
+def test_a_busy_loop_is_not_a_redis_that_does_not_answer(redis_server):
+    """Under a burst one loop turn can outlast the timeout: answers that came meanwhile count."""
+    _, url = redis_server()
+
+    async def busy_turns(count: int, seconds: float):
+        for _ in range(count):
+            time.sleep(seconds)  # a turn spent on other requests' work
+            await asyncio.sleep(0)
+
+    async def main():
+        pipe = Pipe(url, 0.1, 0.2)
+        connecting = asyncio.ensure_future(pipe.call("SET", "k", "v"))
+        await busy_turns(6, 0.1)  # the connect's few turns take 0.6 s in all
+        assert await connecting == b"OK"
+        calls = [asyncio.ensure_future(pipe.call("GET", "k")) for _ in range(3)]
+        await busy_turns(4, 0.15)
+        assert await asyncio.gather(*calls) == [b"v"] * 3
+    asyncio.run(main())

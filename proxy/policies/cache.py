@@ -8,6 +8,7 @@ blocks, server tools, citations), which an entry in the internal form would sile
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class CachePolicy(Policy):
     def __init__(self, mode: str, store=None, semantic=None):
         self.mode = mode
         self._store, self._semantic = store, semantic
+        self.tasks: set[asyncio.Task] = set()  # answers being stored in Redis (kept so none is collected early)
         if mode == "semantic" and semantic is None:
             from proxy.cache.semantic import embedder
 
@@ -136,11 +138,20 @@ class CachePolicy(Policy):
         entry = {"response": {"choices": response["choices"], "usage": response.get("usage")},
                  "stored_at": time.time(), "ttl_s": state.ttl,
                  "cost_usd": float(ex.trace.fields.get("cost_usd") or 0)}
+        store, value = self.store, orjson.dumps(entry)
+        if store.backend == "redis":  # the answer does not wait for Redis' (a round trip): the write goes
+            task = asyncio.get_running_loop().create_task(self._put(store, state, ex.call.chat, value))
+            self.tasks.add(task)  # out in the next loop turns, before the client can ask again
+            task.add_done_callback(self.tasks.discard)
+        else:
+            await self._put(store, state, ex.call.chat, value)
+
+    async def _put(self, store, state: CacheState, chat: dict, value: bytes):
         try:
-            await self.store.put(state.key, orjson.dumps(entry), state.ttl)
+            await store.put(state.key, value, state.ttl)
             semantic = self.semantic
             if semantic is not None:
-                await semantic.add(state.scope, keys.conversation_text(ex.call.chat), state.key, state.ttl)
+                await semantic.add(state.scope, keys.conversation_text(chat), state.key, state.ttl)
         except stores.StoreDown:
             pass  # the answer went out; it is just not cached
         except Exception:

@@ -369,6 +369,47 @@ def test_a_dead_redis_means_uncached_answers(cached, proxy_client, fake_upstream
     monkeypatch.setattr(policies, "_built", None)
 
 
+def test_the_answer_does_not_wait_for_redis_to_confirm_the_store(cached, proxy_client, fake_upstream, monkeypatch):
+    """A miss is answered while Redis still sits on the write of its entry (a Redis that answers a
+    lookup at once and the store only when told: waiting for it cost every miss a round trip)."""
+    import socket
+    import threading
+
+    import hiredis
+
+    from conftest import free_port
+    from proxy import policies
+
+    port, release, seen = free_port(), threading.Event(), []
+    listener = socket.create_server(("127.0.0.1", port))
+
+    def serve():
+        conn, _ = listener.accept()
+        reader = hiredis.Reader()
+        while data := conn.recv(65536):
+            reader.feed(data)
+            while (command := reader.gets()) is not False:
+                seen.append(command[0])
+                if command[0] == b"GET":
+                    conn.sendall(b"$-1\r\n")
+                else:
+                    release.wait(10)
+                    conn.sendall(b":1\r\n")
+    threading.Thread(target=serve, daemon=True).start()
+    slow = stores.RedisStore(f"redis://127.0.0.1:{port}/0", "slow")
+    monkeypatch.setattr(stores, "current", lambda: slow)
+    monkeypatch.setattr(policies, "_built", None)  # the chain takes the store when it is built
+    try:
+        r = post(proxy_client, chat())
+        assert (r.status_code, r.headers["x-smartflow-cache"]) == (200, "MISS")
+        wait_for(lambda: b"EVALSHA" in seen)
+        assert not release.is_set() and slow.down_until == 0  # answered before Redis confirmed, and not a failure
+    finally:
+        release.set()
+        listener.close()
+        monkeypatch.setattr(policies, "_built", None)
+
+
 def test_health_names_the_metacache(cached):
     health = httpx.get(cached.proxy_url + "/health").json()
     assert health["metacache"]["ok"] is True and health["metacache"]["mode"] == "exact"

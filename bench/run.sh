@@ -17,7 +17,8 @@
 #                                     #   no policy vs failover anthropic -> openai; and the policy's
 #                                     #   cost when its first target is healthy
 #   BENCH_GOVERNANCE=1 bench/run.sh   # + every governance policy off, then all on (exact MetaCache miss
-#                                     #   path, guardrails, limits; on Redis), c=1 and c=64
+#                                     #   path, guardrails, limits; on Redis), c=1 and c=64;
+#                                     #   BENCH_GOVERNANCE_ONLY=1: direct + these alone
 #   BENCH_PEERS=1 bench/run.sh        # + Portkey and LiteLLM on the same upstream, routes and load, one
 #                                     #   process each (installed once by bench/peers.sh into
 #                                     #   BENCH_PEERS_DIR, default bench/.peers; not in requirements)
@@ -435,7 +436,7 @@ if [[ "${BENCH_SOAK_ONLY:-0}" == 1 ]]; then
     mkdir -p "$RESULTS_DIR"; cp "$TMP/soak.txt" "$RESULTS_DIR/soak-latest.txt"
     exit 0
 fi
-if [[ "${BENCH_CACHE_ONLY:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 ]]; then  # the direct figures to compare with
+if [[ "${BENCH_CACHE_ONLY:-0}" == 1 || "${BENCH_LIMITS_ONLY:-0}" == 1 || "${BENCH_GOVERNANCE_ONLY:-0}" == 1 ]]; then  # the direct figures to compare with
     measure direct openai 1
     measure direct openai 64
 else
@@ -535,13 +536,14 @@ governance_runs() {
         echo "bench: governance-on: the answer lacks x-ratelimit-* or x-smartflow-cache: are the policies on?" >&2
         exit 1
     fi
-    for conc in 1 64; do measure governance-on openai-miss "$conc"; done
+    measure governance-on openai-miss 1
+    profile_during governance-on governance-on openai-miss 64
     stop_gateway
     guardrail_policies off
     KEY=$plain_key
 }
 
-[[ "${BENCH_GOVERNANCE:-0}" == 1 ]] && governance_runs
+[[ "${BENCH_GOVERNANCE:-0}" == 1 || "${BENCH_GOVERNANCE_ONLY:-0}" == 1 ]] && governance_runs
 [[ "${BENCH_PEERS:-0}" == 1 ]] && peer_runs
 [[ "${BENCH_ROUTING:-0}" == 1 ]] && routing_runs
 [[ "${BENCH_SOAK:-0}" == 1 ]] && soak

@@ -41,6 +41,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = None
         self.lost = self.timed_out = False
         self.replies = 0  # answers read so far: whether Redis spoke while a timer ran
+        self.scripts: set[str] = set()  # the SHA1s of the scripts sent whole on this connection
         self.buffer: list[bytes] = []  # packed commands not written yet
         self.soon = self.later = None  # the handles that will write them
 
@@ -135,8 +136,15 @@ class Pipe:
         return await self.send(*args, lazy=lazy)
 
     async def script(self, script: Script, keys: list, args: list, lazy: bool = False):
+        """EVALSHA; the first time on a connection EVAL, which loads the script as it runs it: one
+        round trip, and the calls after it (EVALSHA) are answered in order behind it."""
+        if self.proto is None or self.proto.lost:
+            await self.connect()
+        if script.sha not in self.proto.scripts:
+            self.proto.scripts.add(script.sha)
+            return await self.send("EVAL", script.text, len(keys), *keys, *args, lazy=lazy)
         try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
+            return await self.send("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
         except RedisError as exc:
             if not str(exc).startswith("NOSCRIPT"):  # Redis restarted or flushed its scripts: send it whole
                 raise

@@ -128,10 +128,20 @@ class RedisStore(SyncRedis):
         if time.monotonic() < self.down_until:
             raise StoreDown("Redis is backing off after a failure")
 
-    async def get(self, key: str) -> bytes | None:
-        self._check()
+    def start_get(self, key: str):
+        """The lookup sent now and awaited later (get(key, started)), when connected and not backing off."""
+        pipe = self._pipe()
+        if time.monotonic() < self.down_until or pipe.proto is None or pipe.proto.lost:
+            return None
+        started = pipe.send("GET", self.entry(key))
+        started.add_done_callback(_retrieved)  # never awaited when an earlier policy refuses
+        return started
+
+    async def get(self, key: str, started=None) -> bytes | None:
+        if started is None:
+            self._check()
         try:
-            return await self._pipe().call("GET", self.entry(key))
+            return await (started if started is not None else self._pipe().call("GET", self.entry(key)))
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean uncached
             self._down(exc)
 
@@ -159,6 +169,11 @@ class RedisStore(SyncRedis):
 
 
 _current: tuple | None = None
+
+
+def _retrieved(future):
+    if not future.cancelled():
+        future.exception()
 
 
 def current():

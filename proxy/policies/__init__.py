@@ -9,6 +9,11 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
 - ``request(ex)``   before the upstream call; may change ``ex.call`` (redaction), raise a
                     ClientError (a refusal), or return an Answer (a cache hit): the upstream
                     is not called and later policies' request phases do not run.
+- ``lookahead(ex)`` starts a read the policy's request phase will await (the cache's lookup),
+                    just before the request phase of the policy before it when that one only
+                    reads the exchange (``reads_only``: the limits): the two wait on Redis at
+                    once, not one after the other. Shows the client and the trace nothing; its
+                    read is dropped when the earlier policy refuses.
 - ``chunk(ex, c)``  each chunk of a streamed answer, in the internal OpenAI chunk form, before
                     the client's format writes it; returns the chunk (changed or not) or None
                     (held back). A native pass-through stream (an Anthropic client served
@@ -70,6 +75,10 @@ class Exchange:
 
 class Policy:
     name = "policy"
+    reads_only = False  # its request phase never changes the call: a later lookahead may start before it
+
+    def lookahead(self, ex: Exchange) -> None:
+        return None
 
     async def passthrough(self, ex: Exchange) -> bool:
         return True
@@ -96,6 +105,10 @@ class Chain:
         self.policies = tuple(policies)
         self.passthroughs = tuple(p for p in policies if _implements(p, "passthrough"))
         self.requests = tuple(p for p in policies if _implements(p, "request"))
+        # Each request phase with the next one's lookahead, run just before it when it only reads.
+        self.steps = tuple((p, getattr(after, "lookahead", None) if after is not None and p.reads_only
+                            and _implements(after, "lookahead") else None)
+                           for p, after in zip(self.requests, self.requests[1:] + (None,)))
         self.chunks = tuple(p for p in policies if _implements(p, "chunk"))
         self.responses = tuple(p for p in policies if _implements(p, "response"))
         self.logs = tuple(p for p in policies if _implements(p, "log"))
@@ -107,7 +120,9 @@ class Chain:
         return True
 
     async def request(self, ex: Exchange) -> Answer | None:
-        for policy in self.requests:
+        for policy, lookahead in self.steps:
+            if lookahead is not None:
+                lookahead(ex)
             answer = await policy.request(ex)
             if answer is not None:
                 return answer

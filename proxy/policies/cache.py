@@ -18,6 +18,7 @@ from django.conf import settings
 
 from proxy.cache import keys
 from proxy.cache import store as stores
+from proxy.providers.base import ClientError
 
 from . import Answer, Exchange, Policy
 
@@ -31,6 +32,8 @@ class CacheState:
     ttl: int = 0
     store: bool = False
     scope: str = ""  # semantic mode: where the entry is indexed
+    lookup: bool = False
+    started: object = None  # the lookup's answer, sent ahead (lookahead)
     meta: dict = field(default_factory=dict)
 
 
@@ -76,15 +79,26 @@ class CachePolicy(Policy):
 
         return index()
 
-    async def request(self, ex: Exchange) -> Answer | None:
+    def lookahead(self, ex: Exchange) -> None:
+        """The Redis lookup sent while the limits wait on their reservation (one round trip, not two)."""
+        store = self.store
+        if store.backend != "redis" or ex.call.is_native:
+            return
+        try:
+            state = self._prepare(ex)
+        except ClientError:  # a bad cache header: the request phase answers it, in its turn
+            return
+        if state is not None:
+            state.started = store.start_get(state.key) if state.lookup else None
+            ex.state["cache_ahead"] = state
+
+    def _prepare(self, ex: Exchange) -> CacheState | None:
+        """The entry's key and what to do with it; None when the request neither looks up nor stores."""
         call = ex.call
-        state = ex.state["cache"] = CacheState()
-        ex.out["x-smartflow-cache"] = "BYPASS"
-        if call.is_native:
-            return None
         lookup, store, ttl = keys.parse_controls(ex.headers)
         if not (lookup or store):
             return None
+        state = CacheState(lookup=lookup)
         team = str(ex.principal.team_id or "")  # the caller's key decides the team, never a header
         provider, model = call.route.provider, call.route.upstream_model
         if call.plan is not None:  # any of the policy's targets may serve it: one entry for them all
@@ -95,8 +109,20 @@ class CachePolicy(Policy):
         state.store = store and state.ttl > 0 and not (call.is_stream and (call.chat.get("n") or 1) > 1)
         if self.mode == "semantic":
             state.scope = keys.semantic_scope(team, provider, model, call.chat)
+        return state
+
+    async def request(self, ex: Exchange) -> Answer | None:
+        ahead = ex.state.pop("cache_ahead", None)
+        ex.state["cache"] = CacheState()
+        ex.out["x-smartflow-cache"] = "BYPASS"
+        if ex.call.is_native:
+            return None
+        state = ahead or self._prepare(ex)
+        if state is None:
+            return None
+        ex.state["cache"] = state
         try:
-            answer = await self._lookup(ex, state) if lookup else None
+            answer = await self._lookup(ex, state) if state.lookup else None
         except stores.StoreDown:
             state.store = False
             return None
@@ -109,7 +135,8 @@ class CachePolicy(Policy):
 
     async def _lookup(self, ex: Exchange, state: CacheState) -> Answer | None:
         key, similarity = state.key, None
-        raw = await self.store.get(key)
+        started, state.started = state.started, None
+        raw = await (self.store.get(key) if started is None else self.store.get(key, started))
         semantic = self.semantic
         if raw is None and semantic is not None:  # exact first, then by meaning
             try:

@@ -50,6 +50,7 @@ class Held:
 
 class LimitsPolicy(Policy):
     name = "limits"
+    reads_only = True  # the cache's lookup goes to Redis with the reservation
 
     def __init__(self):
         self.tasks: set[asyncio.Task] = set()  # settlements in flight (kept so none is collected early)

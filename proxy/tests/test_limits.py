@@ -351,9 +351,12 @@ def test_a_cache_hit_counts_against_the_rate_but_not_tokens_or_budget(limited, g
     time.sleep(0.2)
     assert counter(tokens) == (15, 0) and counter(spend) == (60_000, 0)  # the hit's holds released, nothing used
     post(gateway, raw, body)
-    assert post(gateway, raw, body).status_code == 429  # the fourth, hit or not
+    refused = post(gateway, raw, body)
+    assert refused.status_code == 429  # the fourth, hit or not
+    assert refused.headers["x-smartflow-cache"] == "BYPASS"  # the lookup sent with the reservation is dropped unseen
     assert len(fake_upstream.requests) == 1
-    assert len(logs(gateway, 4)) == 4  # each its trace, written before the next test reads the traces
+    traces = logs(gateway, 4)  # each its trace, written before the next test reads the traces
+    assert [t.cache for t in traces][:3] == ["miss", "hit", "hit"] and traces[3].cache not in ("miss", "hit")
 
 
 def test_a_stream_cancelled_midway_settles_at_what_was_used(limited, gateway, clock, fake_upstream):

@@ -44,6 +44,22 @@ def test_phases_run_in_order():
                     ("a", "response"), ("b", "response"), ("a", "log"), ("b", "log")]
 
 
+def test_a_lookahead_starts_only_before_a_policy_that_just_reads():
+    class Reader(Recorder):
+        reads_only = True
+
+    class Ahead(Recorder):
+        def lookahead(self, ex):
+            self.seen.append((self.name, "lookahead"))
+
+    seen = []
+    asyncio.run(Chain([Recorder("guard", seen), Reader("limits", seen), Ahead("cache", seen)]).request(exchange()))
+    assert seen == [("guard", "request"), ("cache", "lookahead"), ("limits", "request"), ("cache", "request")]
+    seen.clear()  # right after a policy that may change the call (redaction): no lookahead, its key would be stale
+    asyncio.run(Chain([Reader("limits", seen), Recorder("guard", seen), Ahead("cache", seen)]).request(exchange()))
+    assert seen == [("limits", "request"), ("guard", "request"), ("cache", "request")]
+
+
 def test_an_answer_short_circuits_the_later_request_phases():
     seen = []
     answer = Answer({"choices": []})

@@ -75,11 +75,13 @@ def test_a_script_flushed_from_redis_is_sent_whole(redis_server):
     script = Script("return {KEYS[1], ARGV[1]}")
 
     async def main():
-        pipe = Pipe(url, 2, 2)
-        assert await pipe.script(script, ["k"], ["v"]) == [b"k", b"v"]  # never loaded: NOSCRIPT, then EVAL
+        pipe, writes = await connected(url)
+        assert await pipe.script(script, ["k"], ["v"]) == [b"k", b"v"]  # new connection: EVAL, one round trip
         assert await pipe.script(script, ["k2"], [7]) == [b"k2", b"7"]
+        assert [w.split(b"\r\n")[2] for w in writes] == [b"EVAL", b"EVALSHA"]
         await pipe.call("SCRIPT", "FLUSH")
-        assert await pipe.script(script, ["k3"], ["x"]) == [b"k3", b"x"]
+        assert await pipe.script(script, ["k3"], ["x"]) == [b"k3", b"x"]  # NOSCRIPT, then EVAL
+        assert [w.split(b"\r\n")[2] for w in writes[3:]] == [b"EVALSHA", b"EVAL"]
     asyncio.run(main())
 
 

@@ -21,6 +21,8 @@ from collections import deque
 import hiredis
 
 LAZY_S = 0.005
+TIMEOUT_S = 0.5  # a call: a Redis that hangs costs the requests waiting on it this once (then their back-off)
+CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
 CONNECT_TURNS = 8  # a healthy connect takes 3 to 5 loop turns (connected, set up, AUTH and SELECT answered)
 
 
@@ -214,12 +216,16 @@ class Pipe:
             self.proto.transport.close()
 
 
-def loop_pipe(pipes: dict, url: str, timeout: float, connect_timeout: float) -> Pipe:
-    """The running event loop's Pipe (a connection belongs to its loop), made once."""
+_pipes: dict = {}  # (event loop, url) -> its Pipe
+
+
+def loop_pipe(url: str) -> Pipe:
+    """The running event loop's Pipe to url, made once: the limits and the MetaCache on one Redis
+    share its connection, so a request's reservation and lookup go in one write and one answer."""
     loop = asyncio.get_running_loop()
-    pipe = pipes.get(loop)
+    pipe = _pipes.get((loop, url))
     if pipe is None:
-        for gone in [other for other in pipes if other.is_closed()]:
-            del pipes[gone]
-        pipe = pipes[loop] = Pipe(url, timeout, connect_timeout)
+        for gone in [key for key in _pipes if key[0].is_closed()]:
+            del _pipes[gone]
+        pipe = _pipes[loop, url] = Pipe(url, TIMEOUT_S, CONNECT_TIMEOUT_S)
     return pipe

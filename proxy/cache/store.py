@@ -17,7 +17,6 @@ from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
-SOCKET_TIMEOUT_S = 0.25
 
 
 class StoreDown(Exception):
@@ -107,14 +106,13 @@ class RedisStore(SyncRedis):
         self.sizes, self.expiry, self.total = f"{prefix}:sizes", f"{prefix}:expiry", f"{prefix}:bytes"
         self.down_until = 0.0
         self.last_error = ""
-        self._pipes: dict = {}  # event loop -> its Pipe
         self._sync = None
 
     def entry(self, key: str) -> str:
         return f"{self.prefix}:e:{key}"
 
     def _pipe(self):
-        return loop_pipe(self._pipes, self.url, SOCKET_TIMEOUT_S, SOCKET_TIMEOUT_S)
+        return loop_pipe(self.url)
 
     def _down(self, exc: Exception):
         if time.monotonic() >= self.down_until:

@@ -22,8 +22,6 @@ from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
 BACKOFF_S = 5.0
-SOCKET_TIMEOUT_S = 0.5  # a call; a Redis that hangs costs the requests waiting on it this once, then the back-off
-CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
 
 
 MAX_AMOUNT = 2**53
@@ -244,15 +242,14 @@ class RedisCounters(SyncRedis):
     def __init__(self, url: str):
         self.url = url
         self.down_until = 0.0
-        self.last_error = ""
-        self._pipes: dict = {}  # event loop -> its Pipe
+        self.last_error = self.failure = ""
         self._sync = None
         self.seen: dict[str, int] = {}  # limited counter -> the settled amount Redis last answered
         self.pending: deque = deque(maxlen=MAX_PENDING)  # settlements waiting for Redis to answer again
         self.retrying: asyncio.Task | None = None
 
     def _pipe(self):
-        return loop_pipe(self._pipes, self.url, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S)
+        return loop_pipe(self.url)
 
     def _check(self):
         if time.monotonic() < self.down_until:
@@ -263,7 +260,7 @@ class RedisCounters(SyncRedis):
             log.warning("Limits: Redis unavailable (%s: %s); for %ss limits are %s", type(exc).__name__, exc, BACKOFF_S,
                         "counted in this process only" if _fail_open() else "refusing requests (503)")
         self.down_until = time.monotonic() + BACKOFF_S
-        self.last_error = type(exc).__name__
+        self.last_error, self.failure = type(exc).__name__, str(exc)[:200]
         raise CountersDown(str(exc)) from exc
 
     async def reserve(self, counters: list[Counter], hold_id: str = "") -> list[tuple[int, int]]:

@@ -166,10 +166,10 @@ class CachePolicy(Policy):
                  "stored_at": time.time(), "ttl_s": state.ttl,
                  "cost_usd": float(ex.trace.fields.get("cost_usd") or 0)}
         store, value = self.store, orjson.dumps(entry)
-        if store.backend == "redis":  # the answer does not wait for Redis' (a round trip): the write goes
+        if store.backend == "redis" and self.mode == "exact":  # the answer does not wait for Redis' (a
             task = asyncio.get_running_loop().create_task(self._put(store, state, ex.call.chat, value))
-            self.tasks.add(task)  # out in the next loop turns, before the client can ask again
-            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)  # round trip): the write goes out in the next loop turns, before the
+            task.add_done_callback(self.tasks.discard)  # client can ask again; a paraphrase needs the index
         else:
             await self._put(store, state, ex.call.chat, value)
 

@@ -75,7 +75,8 @@ class Exchange:
 
 class Policy:
     name = "policy"
-    reads_only = False  # its request phase never changes the call: a later lookahead may start before it
+    reads_only = False  # its request phase never changes what a lookahead reads (the prompt, the route,
+                        # the headers): a later policy's lookahead may start before it
 
     def lookahead(self, ex: Exchange) -> None:
         return None

@@ -17,6 +17,8 @@ import threading
 import time
 from collections import deque
 
+from django.conf import settings
+
 from proxy.redis_pipe import Script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
@@ -33,8 +35,6 @@ def hold_life() -> int:
     """Seconds a Redis hold outlives its request at most: the longest a request may run (a routing
     policy's attempts together, or one upstream call) plus 5 minutes. A process killed mid-request
     leaves its holds this long; a stream that runs longer loses its hold (its use still counts)."""
-    from django.conf import settings
-
     return int(max(settings.SMARTFLOW_ROUTING_TIMEOUT, settings.SMARTFLOW_UPSTREAM_TIMEOUT)) + 300
 
 
@@ -138,8 +138,12 @@ class MemoryCounters:
 # between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
 # cost per call. 'o' is the latest bucket a hold was made in: when a later one opens, the fields of
 # those between that no longer count are deleted (every b: field is within 'o' - 4 to 'o'), however
-# long the key went without a hold. h:<id> records a hold's bucket until it is settled, so a
-# settlement retried after a lost answer counts once. Holds without an id (tests, the API's symmetry) are in the field 'held'.
+# long the key went without a hold. h:<id> records the request's bucket until it is settled, so a
+# settlement retried after a lost answer counts once; it is kept once per request, in its anchor: of
+# the counters it holds on, the one kept longest (a budget's, ttl 0 being forever; the first on a tie),
+# which reserve and settle pick alike from the same ttls. Holds without an id (tests, the API's
+# symmetry) are in the field 'held'. Every redis.call costs about a microsecond of Redis' one thread
+# on top of its command, so each is counted: a request with six counters makes 14 here, 11 settling.
 # The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
 # would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
@@ -150,14 +154,13 @@ local n = #KEYS
 local id = ARGV[5 * n + 1]
 local clock = redis.call('TIME')
 local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
-local fields = {'used', 'held', 'o'}
-for b = bucket - 4, bucket do fields[#fields + 1] = 'b:' .. b end
+local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
+                'b:' .. (bucket - 1), 'b:' .. bucket}
 local cur, used, fresh, opened = {}, {}, {}, {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], unpack(fields))
-  local held = 0
-  for j = 4, 8 do held = held + (tonumber(v[j]) or 0) end
-  held = held + (tonumber(v[2]) or 0)
+  local held = (tonumber(v[2]) or 0) + (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0)
+               + (tonumber(v[7]) or 0) + (tonumber(v[8]) or 0)
   used[i] = tonumber(v[1]) or 0
   cur[i] = used[i] + held
   fresh[i] = not v[1]
@@ -167,7 +170,7 @@ for i = 1, n do
     return {0, i - 1, cur[i], used[i]}
   end
 end
-local out = {1}
+local out, anchor, kept = {1}, nil, -1
 for i = 1, n do
   local limit = tonumber(ARGV[5 * i - 4])
   local asked = tonumber(ARGV[5 * i - 2])
@@ -191,45 +194,61 @@ for i = 1, n do
       end
       redis.call('HINCRBY', KEYS[i], 'b:' .. bucket, string.format('%d', hold))
     end
-    redis.call('HSET', KEYS[i], 'h:' .. id, bucket)
+    local life = ttl > 0 and ttl or math.huge
+    if life > kept then anchor, kept = i, life end
   end
   if fresh[i] and ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
   out[#out + 1] = hold
   out[#out + 1] = cur[i] + use + hold
   out[#out + 1] = used[i] + use
 end
+if anchor then redis.call('HSET', KEYS[anchor], 'h:' .. id, bucket) end
 return out
 """)
 # KEYS: the counters; ARGV: for each, held, used, ttl; then the hold id, how many of the first counters
-# it reserved and the holds' lifetime. There the hold's own field decides, so a settlement retried
-# after a lost answer counts once: gone (settled already) nothing; its bucket too old (no longer
-# counted) the use only; else the hold is released and the use counted. The others (spend counted
-# without a reservation, holds without an id) as told.
+# it reserved and the holds' lifetime. There the hold's record in the anchor decides, so a settlement
+# retried after a lost answer counts once: gone (settled already) nothing; its bucket too old (no
+# longer counted) the use only; else the holds are released and the use counted. A bucket's field
+# left at 0 goes when its bucket no longer counts. The others (spend counted without a reservation,
+# holds without an id) as told; a key the use made is given its ttl.
 _SETTLE = Script("""
 local n = #KEYS
 local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
-local clock = redis.call('TIME')
-local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[3 * n + 3]) / 4))
+local count, at = true, nil
+if tracked > 0 then
+  local anchor, kept = 1, -1
+  for i = 1, tracked do
+    local ttl = tonumber(ARGV[3 * i])
+    local life = ttl > 0 and ttl or math.huge
+    if life > kept then anchor, kept = i, life end
+  end
+  at = redis.call('HGET', KEYS[anchor], 'h:' .. id)
+  count = at ~= false
+  if count then
+    redis.call('HDEL', KEYS[anchor], 'h:' .. id)
+    local clock = redis.call('TIME')
+    local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[3 * n + 3]) / 4))
+    at = tonumber(at)
+    if at < bucket - 4 then at = nil end  -- no longer counted: nothing to release
+  end
+end
 for i = 1, n do
   local held = tonumber(ARGV[3 * i - 2])
-  local count = true
-  if i <= tracked then
-    local at = redis.call('HGET', KEYS[i], 'h:' .. id)
-    count = at ~= false
-    if count then
-      redis.call('HDEL', KEYS[i], 'h:' .. id)
-      at = tonumber(at)
-      if held ~= 0 and at >= bucket - 4 then
-        local field = 'b:' .. at
-        if redis.call('HINCRBY', KEYS[i], field, string.format('%d', -held)) <= 0 then redis.call('HDEL', KEYS[i], field) end
-      end
-    end
-  elseif held ~= 0 then
-    if redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held)) < 0 then redis.call('HSET', KEYS[i], 'held', 0) end
-  end
   local used = tonumber(ARGV[3 * i - 1])
-  if count and used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
-  if i > tracked and tonumber(ARGV[3 * i]) > 0 and redis.call('TTL', KEYS[i]) < 0 then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
+  if i <= tracked then
+    if count then
+      if held ~= 0 and at then redis.call('HINCRBY', KEYS[i], 'b:' .. at, string.format('%d', -held)) end
+      if used ~= 0 then redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) end
+    end
+  else
+    if held ~= 0 and redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', -held)) < 0 then
+      redis.call('HSET', KEYS[i], 'held', 0)
+    end
+    if used ~= 0 and redis.call('HINCRBY', KEYS[i], 'used', string.format('%d', used)) == used
+        and tonumber(ARGV[3 * i]) > 0 then
+      redis.call('EXPIRE', KEYS[i], ARGV[3 * i])
+    end
+  end
 end
 """)
 
@@ -344,8 +363,6 @@ class RedisCounters(SyncRedis):
 
 
 def _fail_open() -> bool:
-    from django.conf import settings
-
     return settings.SMARTFLOW_LIMITS_FAIL == "open"
 
 
@@ -356,8 +373,6 @@ local = MemoryCounters()  # this process's own: without Redis, and while Redis i
 def current():
     """The shared counters for the current settings (Redis when REDIS_URL is set)."""
     global _current
-    from django.conf import settings
-
     if _current is None or _current[0] != settings.REDIS_URL:
         url = settings.REDIS_URL
         _current = (url, RedisCounters(url) if url else local)

@@ -32,6 +32,7 @@ from proxy.providers.base import ClientError
 from . import Exchange, Policy
 
 log = logging.getLogger(__name__)
+MAX_ROWS = 10_000  # keys' counter rows kept per process
 IN_FLIGHT_RETRY_S = 5  # a budget held (not spent) by requests in flight: soon free again
 
 
@@ -54,6 +55,7 @@ class LimitsPolicy(Policy):
 
     def __init__(self):
         self.tasks: set[asyncio.Task] = set()  # settlements in flight (kept so none is collected early)
+        self.rows: dict[tuple, tuple] = {}  # (key, team, limits, window, period) -> its counters' rows
         threading.Thread(target=_preload_tokenizer, name="limits-tokenizer", daemon=True).start()
 
     async def request(self, ex: Exchange) -> None:
@@ -66,9 +68,6 @@ class LimitsPolicy(Policy):
             return None
         call = ex.call
         now = limits.clock()
-        prefix = limits.key_prefix()
-        scopes = (("key", f"k{principal.key_id}", lim.key_rpm, lim.key_tpm, lim.key_budget),
-                  ("team", f"t{principal.team_id}", lim.team_rpm, lim.team_tpm, lim.team_budget))
         prompt = cap = 0
         if lim.has_tokens or lim.has_budget:
             if not tokens.is_loaded():
@@ -77,28 +76,14 @@ class LimitsPolicy(Policy):
             prompt = estimate_prompt(sent)
             cap = output_cap(sent, settings.SMARTFLOW_LIMITS_DEFAULT_OUTPUT_TOKENS)
         window = int(now // limits.WINDOW_S)
-        window_ttl = 2 * limits.WINDOW_S
         period_id, rollover = limits.period_of(lim.period, now)
-        period_ttl = limits.period_ttl(lim.period)
         worst = 0
         if lim.has_budget:
             worst = limits.nano(self._worst_case(call, principal, prompt, cap))
-        counters, kinds, spend_keys = [], [], []
-        for who, scope, rpm, tpm, budget in scopes:
-            base = f"{prefix}:{scope}"
-            if rpm is not None:
-                counters.append(Counter(f"{base}:r:{window}", rpm, 1, 0, 1, window_ttl))
-                kinds.append(("requests", who))
-            if tpm is not None:
-                counters.append(Counter(f"{base}:t:{window}", tpm, prompt, prompt + cap, 0, window_ttl))
-                kinds.append(("tokens", who))
-            spend = limits.spend_key(scope, period_id, prefix)
-            if budget is not None:
-                counters.append(Counter(spend, limits.nano(budget), 1, worst, 0, period_ttl))
-                kinds.append(("spend", who))
-            else:
-                spend_keys.append(spend)
-        held = Held(None, counters, kinds, [0] * len(counters), prompt, tuple(spend_keys), period_ttl, ex.trace.id)
+        rows, kinds, spend_keys, period_ttl = self._rows(principal, lim, window, period_id)
+        amounts = {"requests": (1, 0, 1), "tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
+        counters = [Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl in rows]
+        held = Held(None, counters, kinds, [0] * len(counters), prompt, spend_keys, period_ttl, ex.trace.id)
         backend = store.current()
         try:
             try:
@@ -125,6 +110,38 @@ class LimitsPolicy(Policy):
         ex.state["limits"] = held  # settled in the log phase, whatever happens next
         ex.out.update(self._headers(counters, kinds, results, None))
         return None
+
+    def _rows(self, principal, lim: limits.Limits, window: int, period_id: str):
+        """(key, limit, kind, ttl) of each counter a key's request counts against in this window and
+        period, the (kind, scope) of each, the spend keys counted without a budget and their ttl: the
+        same for every request of the key in a window, so made once per key and window."""
+        prefix = limits.key_prefix()
+        found = self.rows.get((principal.key_id, principal.team_id, lim, window, period_id, prefix))
+        if found is not None:
+            return found
+        window_ttl, period_ttl = 2 * limits.WINDOW_S, limits.period_ttl(lim.period)
+        rows, kinds, spend_keys = [], [], []
+        for who, scope, rpm, tpm, budget in (
+                ("key", f"k{principal.key_id}", lim.key_rpm, lim.key_tpm, lim.key_budget),
+                ("team", f"t{principal.team_id}", lim.team_rpm, lim.team_tpm, lim.team_budget)):
+            base = f"{prefix}:{scope}"
+            if rpm is not None:
+                rows.append((f"{base}:r:{window}", rpm, "requests", window_ttl))
+                kinds.append(("requests", who))
+            if tpm is not None:
+                rows.append((f"{base}:t:{window}", tpm, "tokens", window_ttl))
+                kinds.append(("tokens", who))
+            spend = limits.spend_key(scope, period_id, prefix)
+            if budget is not None:
+                rows.append((spend, limits.nano(budget), "spend", period_ttl))
+                kinds.append(("spend", who))
+            else:
+                spend_keys.append(spend)
+        if len(self.rows) >= MAX_ROWS:  # keys carry their window: old ones are dropped wholesale
+            self.rows.clear()
+        found = self.rows[principal.key_id, principal.team_id, lim, window, period_id, prefix] = (
+            rows, kinds, tuple(spend_keys), period_ttl)
+        return found
 
     @staticmethod
     def _worst_case(call, principal, prompt: int, cap: int):

@@ -116,7 +116,8 @@ class LimitsPolicy(Policy):
         period, the (kind, scope) of each, the spend keys counted without a budget and their ttl: the
         same for every request of the key in a window, so made once per key and window."""
         prefix = limits.key_prefix()
-        found = self.rows.get((principal.key_id, principal.team_id, lim, window, period_id, prefix))
+        cached = (principal.key_id, principal.team_id, lim, window, period_id, prefix)
+        found = self.rows.get(cached)
         if found is not None:
             return found
         window_ttl, period_ttl = 2 * limits.WINDOW_S, limits.period_ttl(lim.period)
@@ -139,8 +140,7 @@ class LimitsPolicy(Policy):
                 spend_keys.append(spend)
         if len(self.rows) >= MAX_ROWS:  # keys carry their window: old ones are dropped wholesale
             self.rows.clear()
-        found = self.rows[principal.key_id, principal.team_id, lim, window, period_id, prefix] = (
-            rows, kinds, tuple(spend_keys), period_ttl)
+        found = self.rows[cached] = (rows, kinds, tuple(spend_keys), period_ttl)
         return found
 
     @staticmethod

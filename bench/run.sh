@@ -227,9 +227,22 @@ RESULTS="$TMP/results.tsv"
 : >"$RESULTS"
 
 CLK_TCK=$(getconf CLK_TCK)
-group_cpu_ticks() {  # user+system CPU ticks of every live process in process group $1
+gateway_pids() {  # $1 and every process under it (the workers of --workers N have process groups of their own)
     local stats=(/proc/[0-9]*/stat)
-    { cat "${stats[@]}" 2>/dev/null || true; } | sed 's/^.*) //' | awk -v g="$1" '$3 == g {s += $12 + $13} END {print s + 0}'
+    { cat "${stats[@]}" 2>/dev/null || true; } | sed 's/^\([0-9]*\) (.*) /\1 /' | awk -v root="$1" '
+        {parent[$1] = $3} END {
+            keep[root] = 1; print root
+            for (changed = 1; changed;) { changed = 0
+                for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; print p; changed = 1 } } }'
+}
+
+group_cpu_ticks() {  # user+system CPU ticks of the gateway's live processes ($1 and those under it)
+    local pid total=0 stat
+    for pid in $(gateway_pids "$1"); do
+        stat=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+    done
+    echo "$total"
 }
 
 # wrk_run SERVER ROUTE CONC [record]: one wrk run; with "record" its RESULT line is kept.
@@ -310,9 +323,9 @@ profile_during() {  # py-spy on the gateway while a measurement runs (BENCH_PYSP
     fi
 }
 
-group_rss_kib() {  # resident memory of every live process in process group $1, in KiB
+group_rss_kib() {  # resident memory of the gateway's live processes ($1 and those under it), in KiB
     local total=0 pid
-    for pid in $(ps -o pid= -g "$1" 2>/dev/null); do
+    for pid in $(gateway_pids "$1"); do
         total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
     done
     echo "$total"

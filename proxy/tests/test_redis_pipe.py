@@ -40,6 +40,35 @@ def test_concurrent_calls_each_get_their_own_answer_in_one_write_per_loop_turn(r
     asyncio.run(main())
 
 
+SLOW = Script("""local start = redis.call('TIME')
+repeat local now = redis.call('TIME')
+until (now[1] - start[1]) * 1e6 + (now[2] - start[2]) >= tonumber(ARGV[1])
+return 1""")  # Redis busy for ARGV[1] microseconds
+
+
+def test_calls_made_while_a_write_is_answered_go_together_in_the_next_write(redis_server):
+    """At load a write and a read serve many calls; a call alone is written in its own loop turn."""
+    _, url = redis_server()
+
+    async def main():
+        pipe, writes = await connected(url)
+        await pipe.script(SLOW, [], [0])
+        writes.clear()
+        slow = asyncio.ensure_future(pipe.script(SLOW, [], [200_000]))
+        await asyncio.sleep(0.02)
+        assert len(writes) == 1  # written at once: nothing was in flight
+        calls = []
+        for i in range(30):  # one call a loop turn while Redis is busy with the first
+            calls.append(asyncio.ensure_future(pipe.call("ECHO", f"call-{i}")))
+            await asyncio.sleep(0.001)
+        assert len(writes) == 1  # held back while the first is answered
+        assert await slow == 1
+        assert await asyncio.gather(*calls) == [f"call-{i}".encode() for i in range(30)]
+        assert len(writes) == 2  # the thirty, in one write
+        assert await pipe.call("ECHO", "alone") == b"alone" and len(writes) == 3
+    asyncio.run(main())
+
+
 def test_a_call_whose_arguments_cannot_be_sent_fails_alone(redis_server):
     """Had it left a future waiting for an answer it never asked for, every later call on the
     connection would get the answer of the one before it (another request's cache entry)."""

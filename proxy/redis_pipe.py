@@ -8,7 +8,8 @@ futures wait in a queue. While a write is being answered the next one is held ba
 gathers meanwhile goes in one write when the answers are in: a loopback write costs ~20 us of
 syscall on a VM, and the calls gathered would wait on Redis anyway. Alone, a call is written in its
 loop turn. A call that is not answered within the timeout aborts the connection and fails every
-call waiting on it (their answers can no longer be matched); the next call reconnects.
+call waiting on it (their answers can no longer be matched); the next call reconnects. A posted
+call (a settlement) has no future and no timer: its answer goes to a callback.
 
 A timeout is Redis' silence, not the loop's lateness: under a burst one loop turn can take longer
 than the timeout, and an answer that arrived meanwhile sits unread. So a call's timer, when it fires,
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import deque
 
 import hiredis
 
+log = logging.getLogger(__name__)
 LAZY_S = 0.005
 TIMEOUT_S = 0.5  # a call: a Redis that hangs costs the requests waiting on it this once (then their back-off)
 CONNECT_TIMEOUT_S = 1.0  # a refused connection fails at once; a burst of new connections on a busy host needs more
@@ -37,6 +40,41 @@ class Script:
     def __init__(self, text: str):
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+class _Posted:
+    """A posted command's place among the awaited ones: its answer, or its failure, goes to
+    then(answer, error, *payload). No future, no task and no timer: a Redis that stops answering
+    is found by the next awaited call's timer, which fails this one too."""
+
+    __slots__ = ("then", "payload")
+
+    def __init__(self, then, payload: tuple):
+        self.then, self.payload = then, payload
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, reply):
+        self._tell(reply, None)
+
+    def set_exception(self, error: BaseException):
+        self._tell(None, error)
+
+    def _tell(self, reply, error):
+        try:
+            self.then(reply, error, *self.payload)
+        except Exception:  # the replies behind it must still be read
+            log.exception("redis: handling a posted command's answer failed")
+
+
+class _NoTimer:
+    @staticmethod
+    def cancel():
+        return None
+
+
+_NO_TIMER = _NoTimer()
 
 
 class _Protocol(asyncio.Protocol):
@@ -171,6 +209,19 @@ class Pipe:
             if not str(exc).startswith("NOSCRIPT"):  # Redis restarted or flushed its scripts: send it whole
                 raise
             return await self.call("EVAL", script.text, len(keys), *keys, *args)
+
+    def post(self, script: Script, keys: list, args: list, then, *payload) -> bool:
+        """The script run with nobody awaiting it (a settlement): written lazily, as a lazy call is,
+        and its answer or failure given to then(answer, error, *payload). False, and nothing sent,
+        when the connection is not open or has not loaded the script (script() does both)."""
+        proto = self.proto
+        if proto is None or proto.lost or script.sha not in proto.scripts:
+            return False
+        proto.buffer.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+        proto.pending.append((_Posted(then, payload), _NO_TIMER))
+        if proto.soon is None and proto.later is None:
+            proto.later = self.loop.call_later(LAZY_S, proto.write)
+        return True
 
     async def connect(self):
         started = self.loop.time()

@@ -19,7 +19,7 @@ from collections import deque
 
 from django.conf import settings
 
-from proxy.redis_pipe import Script, loop_pipe
+from proxy.redis_pipe import RedisError, Script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,9 @@ class MemoryCounters:
 
     async def settle(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
         """(key, held, used, ttl) each: the reservation released, what was used counted."""
+        self.apply(items)
+
+    def apply(self, items: list[tuple[str, int, int, int]]):
         now = time.time()
         with self.lock:
             for key, held, used, ttl in items:
@@ -318,14 +321,36 @@ class RedisCounters(SyncRedis):
         """As MemoryCounters.settle; the first `tracked` items reserved under hold_id count once
         however often this is retried."""
         self._check()
-        args = []
-        for _, held, used, ttl in items:
-            args += [held, used, ttl]
-        args += [hold_id, tracked if hold_id else 0, hold_life()]
         try:
-            await self._pipe().script(_SETTLE, [item[0] for item in items], args, lazy=True)
+            await self._pipe().script(_SETTLE, [item[0] for item in items], _settle_args(items, hold_id, tracked),
+                                      lazy=True)
         except Exception as exc:
             self._down(exc)
+        self._spent(items)
+
+    def settle_soon(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0) -> bool:
+        """settle() with nobody waiting for it: posted on the loop's connection (no task, future or
+        timer per request) and its outcome handled when Redis answers: a failure is counted here and
+        retried as settle_or_defer does. False, nothing done, when it cannot be posted now (backing
+        off, no connection yet, the script not loaded on it): then settle_or_defer() on a task."""
+        if time.monotonic() < self.down_until:
+            return False
+        return self._pipe().post(_SETTLE, [item[0] for item in items], _settle_args(items, hold_id, tracked),
+                                 self._settled, items, hold_id, tracked)
+
+    def _settled(self, answer, error, items, hold_id, tracked):
+        if error is None:
+            self._spent(items)
+        elif isinstance(error, RedisError) and str(error).startswith("NOSCRIPT"):  # Redis lost its scripts
+            _on_task(settle_or_defer(self, items, hold_id, tracked))
+        else:
+            try:
+                self._down(error)
+            except CountersDown:
+                pass
+            _count_here_and_defer(self, items, hold_id, tracked)
+
+    def _spent(self, items):
         for key, _, used, _ in items:  # this process's own spend since Redis last answered
             if key in self.seen:
                 self.seen[key] += used
@@ -360,6 +385,53 @@ class RedisCounters(SyncRedis):
             pipe.hget(key, "used")
         return [int(v or 0) for v in pipe.execute()]
 
+
+
+def _settle_args(items, hold_id: str, tracked: int) -> list:
+    args = []
+    for _, held, used, ttl in items:
+        args += [held, used, ttl]
+    args += [hold_id, tracked if hold_id else 0, hold_life()]
+    return args
+
+
+_tasks: set[asyncio.Task] = set()  # settlements in flight on tasks (kept so none is collected early)
+
+
+def settle_soon(backend, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
+    """A request's settlement, off its path: posted to Redis when it can be, else on a task."""
+    if backend is local or not backend.settle_soon(items, hold_id, tracked):
+        _on_task(settle_or_defer(backend, items, hold_id, tracked))
+
+
+def _on_task(settling):
+    task = asyncio.get_running_loop().create_task(settling)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def settle_or_defer(backend, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
+    """Settles on backend. Served in process while Redis was down: counted here, and its spend is
+    Redis' too (deferred). Redis failing now: counted here meanwhile, and retried against Redis
+    once it answers again."""
+    shared = current()
+    try:
+        if backend is local:
+            local.apply(items)
+            spent = [(key, 0, amount, ttl) for key, _, amount, ttl in items if amount]
+            if spent and shared is not local:
+                shared.defer(spent)
+            return
+        await backend.settle(items, hold_id, tracked)
+    except CountersDown:
+        _count_here_and_defer(backend, items, hold_id, tracked)
+    except Exception:
+        log.exception("limits: settling a request failed")
+
+
+def _count_here_and_defer(backend, items, hold_id, tracked):
+    local.apply([(key, 0, amount, ttl) for key, _, amount, ttl in items])
+    backend.defer(items, hold_id, tracked)
 
 
 def _fail_open() -> bool:

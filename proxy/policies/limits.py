@@ -10,7 +10,8 @@ case cost (of the dearest target a routing policy may fail over to). Redis holds
 settled; settlements Redis misses are retried; failing open, budgets start from the spend Redis
 last answered. The key's own limits and its team's are separate counters, both checked: the
 tighter decides. Log phase: the holds are swapped for the provider's usage and the cost of what
-served (the trace's provider and model), on a task off the request path.
+served (the trace's provider and model), off the request path: posted to Redis with the next write,
+nobody awaiting it.
 """
 from __future__ import annotations
 
@@ -54,7 +55,6 @@ class LimitsPolicy(Policy):
     reads_only = True  # the cache's lookup goes to Redis with the reservation
 
     def __init__(self):
-        self.tasks: set[asyncio.Task] = set()  # settlements in flight (kept so none is collected early)
         self.rows: dict[tuple, tuple] = {}  # (key, team, limits, window, period) -> its counters' rows
         threading.Thread(target=_preload_tokenizer, name="limits-tokenizer", daemon=True).start()
 
@@ -260,27 +260,7 @@ class LimitsPolicy(Policy):
             items += [(key, 0, cost, held.spend_ttl) for key in held.spend_keys]
         if not items:
             return
-        task = asyncio.get_running_loop().create_task(self._settle(held.backend, items, held.hold_id, tracked))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    @staticmethod
-    async def _settle(backend, items, hold_id, tracked):
-        shared = store.current()
-        backend = backend or shared
-        try:
-            if backend is store.local:
-                await store.local.settle(items)
-                spent = [(key, 0, amount, ttl) for key, _, amount, ttl in items if amount]
-                if spent and shared is not store.local:  # served while Redis was down: its spend is Redis' too
-                    shared.defer(spent)
-                return
-            await backend.settle(items, hold_id, tracked)
-        except CountersDown:  # counted here meanwhile, and retried against Redis off the request path
-            await store.local.settle([(key, 0, amount, ttl) for key, _, amount, ttl in items])
-            backend.defer(items, hold_id, tracked)
-        except Exception:
-            log.exception("limits: settling a request failed")
+        store.settle_soon(held.backend or store.current(), items, held.hold_id, tracked)
 
 
 def _preload_tokenizer():

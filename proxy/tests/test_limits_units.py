@@ -503,6 +503,40 @@ def test_settlements_redis_missed_are_retried_once_it_answers(monkeypatch):
     redis.Redis.from_url(REDIS).delete(spend)
 
 
+def test_a_settlement_posted_when_redis_hangs_is_counted_here_and_retried_once_it_answers(redis_server, monkeypatch):
+    """settle_soon: no task per request, and still nothing lost or counted twice. Redis hangs with
+    the settlement posted: the next awaited call's timeout fails it too, it is counted in this
+    process meanwhile and settled in Redis once it answers again, once."""
+    import signal
+
+    server, url = redis_server()
+    monkeypatch.setattr(store, "BACKOFF_S", 0.2)
+    counters, spend = RedisCounters(url), key()
+    local_before = store.local.used([spend])[0]
+
+    async def main():
+        assert await counters.reserve([Counter(spend, 100, 1, 80, 0, 60)], "r1") == [(80, 80)]
+        assert not counters.settle_soon([(spend, 80, 25, 60)], "r1", 1)  # not loaded on this connection yet
+        await counters.settle([(spend, 80, 25, 60)], "r1", 1)  # (what the task does: EVAL, which loads it)
+        await counters.reserve([Counter(spend, 100, 1, 10, 0, 60)], "r2")
+        assert counters.settle_soon([(spend, 10, 5, 60)], "r2", 1)
+        assert counters.last_used([spend]) == {spend: 25}  # not until Redis has answered it
+        await counters.reserve([Counter(spend, 100, 1, 10, 0, 60)], "r3")  # answered behind it
+        assert counters.last_used([spend]) == {spend: 30}
+        server.send_signal(signal.SIGSTOP)
+        assert counters.settle_soon([(spend, 10, 5, 60)], "r3", 1)
+        with pytest.raises(store.CountersDown):
+            await counters.reserve([Counter(spend, 100, 1, 1, 0, 60)], "r4")  # times out: the posted one fails too
+        assert [items for items, _, _ in counters.pending] == [[(spend, 10, 5, 60)]]
+        assert store.local.used([spend])[0] - local_before == 5  # counted here meanwhile
+        assert not counters.settle_soon([(spend, 0, 1, 60)])  # backing off: the caller settles on a task
+        server.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(counters.retrying, 10)
+    asyncio.run(main())
+    assert not counters.pending
+    assert counters.used([spend]) == [35]  # 25 + 5 + the deferred 5, once (whether or not Redis ran the first)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_tokenizer_is_preloaded_only_where_a_token_or_budget_limit_needs_it(monkeypatch):
     """~40 MiB a process: a gateway whose teams have no token or budget limit never loads it."""

@@ -69,6 +69,53 @@ def test_calls_made_while_a_write_is_answered_go_together_in_the_next_write(redi
     asyncio.run(main())
 
 
+def test_a_posted_script_answers_its_callback_in_step_with_the_awaited_calls(redis_server):
+    _, url = redis_server()
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    told = []
+
+    def then(answer, error, tag):
+        told.append((tag, answer, type(error).__name__ if error else None))
+        if tag == "bad-callback":
+            raise RuntimeError("a callback that fails")
+
+    async def main():
+        pipe, writes = await connected(url)
+        assert not pipe.post(script, ["n"], [1], then, "not-loaded")  # the connection has not loaded it: script()
+        assert await pipe.script(script, ["n"], [1]) == 1
+        assert pipe.post(script, ["n"], [10], then, "first") and pipe.post(script, ["n"], [0], then, "bad-callback")
+        assert pipe.post(Script("return redis.call('HGET', KEYS[1], 'f')"), ["n"], [], then, "never-loaded") is False
+        await asyncio.sleep(0)
+        assert len(writes) == 1  # lazy: they wait for the next write
+        assert await pipe.call("GET", "n") == b"11"  # answered behind them, in step
+        assert told == [("first", 11, None), ("bad-callback", 11, None)]
+        await pipe.call("SCRIPT", "FLUSH")
+        assert pipe.post(script, ["n"], [5], then, "flushed")
+        assert await pipe.call("GET", "n") == b"11"
+        assert told[-1] == ("flushed", None, "RedisError")
+    asyncio.run(main())
+
+
+def test_a_posted_script_is_told_when_its_connection_is_lost(redis_server):
+    server, url = redis_server()
+    told = []
+    script = Script("return 1")
+
+    async def main():
+        pipe = Pipe(url, 1, 1)
+        await pipe.script(script, [], [])
+        server.kill()
+        server.wait(5)
+        assert pipe.post(script, [], [], lambda answer, error: told.append((answer, type(error).__name__)))
+        for _ in range(100):
+            if told:
+                break
+            await asyncio.sleep(0.02)
+        assert told == [(None, "ConnectionError")]
+        assert not pipe.post(script, [], [], lambda *_: None)  # lost: nothing more is posted on it
+    asyncio.run(main())
+
+
 def test_a_call_whose_arguments_cannot_be_sent_fails_alone(redis_server):
     """Had it left a future waiting for an answer it never asked for, every later call on the
     connection would get the answer of the one before it (another request's cache entry)."""

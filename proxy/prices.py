@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
+from functools import cached_property
 from pathlib import Path
 
 from .snapshot import Snapshot
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
 MILLION = Decimal(1_000_000)
+NANO = Decimal(1_000_000_000)
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,19 @@ class Price:
                  + _count(usage.get("completion_tokens")) * self.output)
         return (micro / MILLION).quantize(Decimal("1e-8"))
 
-    def worst_case(self, prompt_tokens: int, output_tokens: int) -> Decimal:
-        """The most a request can cost: every prompt token at the dearest prompt rate."""
+    def worst_case_nano(self, prompt_tokens: int, output_tokens: int) -> int:
+        """The most a request can cost, in nano-USD: every prompt token at the dearest prompt rate,
+        rounded up to the 1e-8 USD that cost() rounds to (so no cost is above it). In integers: the
+        limits hold it on every request, and Decimal arithmetic costs microseconds there."""
+        rate, output = self._nano_rates
+        return -(-(prompt_tokens * rate + output_tokens * output) // 10_000_000) * 10
+
+    @cached_property
+    def _nano_rates(self) -> tuple[int, int]:
+        """Nano-USD per million tokens: the dearest prompt rate and the output rate (a price finer
+        than a nano-USD per million tokens, were one set, is rounded up)."""
         rate = max(self.input, self.cache_read, self.cache_write)
-        return ((prompt_tokens * rate + output_tokens * self.output) / MILLION).quantize(Decimal("1e-8"))
+        return tuple(int((value * NANO).to_integral_value(ROUND_CEILING)) for value in (rate, self.output))
 
 
 def _count(value) -> int:

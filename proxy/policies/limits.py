@@ -79,7 +79,7 @@ class LimitsPolicy(Policy):
         period_id, rollover = limits.period_of(lim.period, now)
         worst = 0
         if lim.has_budget:
-            worst = limits.nano(self._worst_case(call, principal, prompt, cap))
+            worst = self._worst_case(call, principal, prompt, cap)
         rows, kinds, spend_keys, period_ttl = self._rows(principal, lim, window, period_id)
         amounts = {"requests": (1, 0, 1), "tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
         counters = [Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl in rows]
@@ -145,7 +145,7 @@ class LimitsPolicy(Policy):
 
     @staticmethod
     def _worst_case(call, principal, prompt: int, cap: int):
-        """The dearest cost of any target the request may be served by (a routing policy's later
+        """The dearest cost (nano-USD) of any target the request may be served by (a routing policy's later
         targets too). Unpriced targets are refused (the first) or skipped (later ones, noted in
         the routing reason) unless SMARTFLOW_LIMITS_ALLOW_UNPRICED: a budget never serves free."""
         allow = settings.SMARTFLOW_LIMITS_ALLOW_UNPRICED
@@ -155,7 +155,7 @@ class LimitsPolicy(Policy):
                               f"team '{principal.team}' has a budget. Ask the operator to price it (admin: "
                               "Model prices) or to set SMARTFLOW_LIMITS_ALLOW_UNPRICED.",
                               status=403, param="model", code="model_unpriced")
-        worst = price.worst_case(prompt, cap) if price else 0
+        worst = price.worst_case_nano(prompt, cap) if price else 0
         plan = call.plan
         if plan is None:
             return worst
@@ -166,7 +166,7 @@ class LimitsPolicy(Policy):
                 plan.notes.append(f"{hop.key}: skipped (unpriced, and team '{principal.team}' has a budget)")
                 continue
             kept.append(hop)
-            worst = max(worst, price.worst_case(prompt, cap) if price else 0)
+            worst = max(worst, price.worst_case_nano(prompt, cap) if price else 0)
         plan.hops[:] = kept
         return worst
 

@@ -68,7 +68,21 @@ def test_cost_of_any_usage_is_never_negative_nor_above_the_worst_case(usage):
     assert cost >= 0
     prompt = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
     out = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
-    assert cost <= price.worst_case(max(prompt, 0), max(out, 0))
+    assert limits.nano(cost) <= price.worst_case_nano(max(prompt, 0), max(out, 0))
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**9),
+       st.tuples(*[st.decimals(0, 1000, places=6, allow_nan=False)] * 4))
+def test_the_worst_case_is_the_dearest_usage_rounded_up_to_what_a_cost_is_rounded_to(prompt, out, rates):
+    price = prices.make_price(*rates)
+    worst = price.worst_case_nano(prompt, out)
+    exact = (prompt * max(rates[0], rates[2], rates[3]) + out * rates[1]) / prices.MILLION * limits.NANO
+    assert exact <= worst < exact + 10 and worst % 10 == 0
+    field = max((rates[0], None), (rates[2], "cached_tokens"), (rates[3], "cache_write_tokens"),
+                key=lambda rate_field: rate_field[0])[1]  # every prompt token at the dearest prompt rate
+    dearest = {"prompt_tokens": prompt, "completion_tokens": out,
+               "prompt_tokens_details": {field: prompt} if field else {}}
+    assert limits.nano(price.cost(dearest)) <= worst
 
 
 @pytest.mark.django_db

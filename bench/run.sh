@@ -12,7 +12,8 @@
 #                                     #   (BENCH_REDIS_URL); BENCH_CACHE_ONLY=1: direct + these alone
 #   BENCH_LIMITS=1 bench/run.sh       # + budgets and rate limits on Redis (BENCH_REDIS_URL): limits off,
 #                                     #   then on for a key and team with rpm, tpm and budget set high
-#                                     #   enough never to refuse; BENCH_LIMITS_ONLY=1: direct + these alone
+#                                     #   enough never to refuse; BENCH_LIMITS_ONLY=1: direct + these alone;
+#                                     #   BENCH_LIMITS_ROUNDS=3: off and on in turn 3 times (medians)
 #   BENCH_ROUTING=1 bench/run.sh      # + routing policies: Anthropic answers 529 to 20 % of requests;
 #                                     #   no policy vs failover anthropic -> openai; and the policy's
 #                                     #   cost when its first target is healthy
@@ -391,18 +392,22 @@ limits_runs() {
         --period monthly >/dev/null
     KEY="$("$PY" manage.py smartflow_key create --team bench-limits --rpm 1000000000 --tpm 2000000000 \
         --budget 99999999 2>/dev/null | tail -n1)"
-    start_gateway limits-off
-    preflight openai_request.json ""
-    for conc in 1 64; do measure limits-off openai "$conc"; done
-    stop_gateway
-    start_gateway limits-redis
-    preflight openai_request.json ""
-    if ! grep -qi '^x-ratelimit-remaining-requests' "$TMP/preflight.hdr"; then
-        echo "bench: the limited key's answer has no x-ratelimit headers: is the limits policy on?" >&2
-        exit 1
-    fi
-    for conc in 1 64; do measure limits-redis openai "$conc"; done
-    stop_gateway
+    local round suffix
+    for round in $(seq "${BENCH_LIMITS_ROUNDS:-1}"); do  # off and on in turn: the machine's drift hits both
+        suffix=""; [[ $round -gt 1 ]] && suffix="#$round"
+        start_gateway limits-off
+        preflight openai_request.json ""
+        for conc in 1 64; do measure "limits-off$suffix" openai "$conc"; done
+        stop_gateway
+        start_gateway limits-redis
+        preflight openai_request.json ""
+        if ! grep -qi '^x-ratelimit-remaining-requests' "$TMP/preflight.hdr"; then
+            echo "bench: the limited key's answer has no x-ratelimit headers: is the limits policy on?" >&2
+            exit 1
+        fi
+        for conc in 1 64; do measure "limits-redis$suffix" openai "$conc"; done
+        stop_gateway
+    done
     KEY=$plain_key
 }
 

@@ -68,41 +68,60 @@ def failovers(routing: dict | None) -> tuple:
 
 
 def increments(notes) -> dict[str, float]:
-    """What a list of noted requests adds to each counter (and the overhead histogram)."""
-    tiers = _tier_table()
+    """What a list of noted requests adds to each counter (and the overhead histogram). The notes
+    are summed per label set first: a flush's hundreds of requests share a few."""
+    groups: dict[tuple, list] = {}  # labels -> [requests, input tokens, output tokens, cost]
+    buckets = [0] * (len(r.OVERHEAD_BUCKETS) + 1)
+    overhead_sum = 0.0
+    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, unpriced, steps in notes:
+        sums = groups.get(labels := (provider, name, status_code, cache, unpriced, steps))
+        if sums is None:
+            sums = groups[labels] = [0, 0, 0, 0.0]
+        sums[0] += 1
+        if tokens_input:
+            sums[1] += int(tokens_input)
+        if tokens_output:
+            sums[2] += int(tokens_output)
+        if cost:
+            sums[3] += float(Decimal(str(cost)))
+        overhead_s = max(float(overhead_ms or 0.0), 0.0) / 1000
+        buckets[bisect.bisect_left(r.OVERHEAD_BUCKETS, overhead_s)] += 1
+        overhead_sum += overhead_s
+    tiers = _tier_table() if groups else None
     models: dict[str, str] = {}
     out: dict[str, float] = defaultdict(float)
-    for provider, name, status_code, cache, tokens_input, tokens_output, cost, overhead_ms, unpriced, steps in notes:
+    for (provider, name, status_code, cache, unpriced, steps), (count, tokens_input, tokens_output, cost) in groups.items():
         for source, target in steps:
-            out[field(r.FAILOVERS, r.provider_label(source), r.provider_label(target))] += 1
+            out[field(r.FAILOVERS, r.provider_label(source), r.provider_label(target))] += count
         provider = r.provider_label(provider)
         model = models.get(name)
         if model is None:
             model = models[name] = r.model_label(name, tiers)
         status_code = int(status_code or 0)
         status = r.status_label(status_code)
-        out[field(r.REQUESTS, provider, model, status)] += 1
+        out[field(r.REQUESTS, provider, model, status)] += count
         if cache == "hit":
-            out[field(r.CACHE_HITS, provider, model)] += 1
+            out[field(r.CACHE_HITS, provider, model)] += count
         elif cache == "miss":
-            out[field(r.CACHE_MISSES, provider, model)] += 1
+            out[field(r.CACHE_MISSES, provider, model)] += count
         if tokens_input:
-            out[field(r.TOKENS_INPUT, provider, model)] += int(tokens_input)
+            out[field(r.TOKENS_INPUT, provider, model)] += tokens_input
         if tokens_output:
-            out[field(r.TOKENS_OUTPUT, provider, model)] += int(tokens_output)
+            out[field(r.TOKENS_OUTPUT, provider, model)] += tokens_output
         if cost:
-            out[field(r.COST, provider, model)] += float(Decimal(str(cost)))
+            out[field(r.COST, provider, model)] += cost
         if unpriced:
-            out[field(r.UNPRICED, provider, model)] += 1
+            out[field(r.UNPRICED, provider, model)] += count
         # 502/503/504 are what the gateway answers when the provider failed or timed out.
         if status_code in (502, 503, 504) and provider != r.NO_PROVIDER:
-            out[field(r.PROVIDER_ERRORS, provider, status)] += 1
-        overhead_s = max(float(overhead_ms or 0.0), 0.0) / 1000
-        slot = bisect.bisect_left(r.OVERHEAD_BUCKETS, overhead_s)
-        le = repr(r.OVERHEAD_BUCKETS[slot]) if slot < len(r.OVERHEAD_BUCKETS) else "+Inf"
-        out[field(r.OVERHEAD, "bucket", le)] += 1
-        out[field(r.OVERHEAD, "sum")] += overhead_s
-        out[field(r.OVERHEAD, "count")] += 1
+            out[field(r.PROVIDER_ERRORS, provider, status)] += count
+    for slot, count in enumerate(buckets):
+        if count:
+            le = repr(r.OVERHEAD_BUCKETS[slot]) if slot < len(r.OVERHEAD_BUCKETS) else "+Inf"
+            out[field(r.OVERHEAD, "bucket", le)] += count
+    if notes:
+        out[field(r.OVERHEAD, "sum")] += overhead_sum
+        out[field(r.OVERHEAD, "count")] += len(notes)
     return out
 
 

@@ -68,6 +68,7 @@ class LiveGateway:
     def start(self):
         import uvicorn
 
+        from proxy.http_protocol import OneWriteProtocol
         from smartflow.asgi import application
 
         ready = threading.Event()
@@ -76,7 +77,7 @@ class LiveGateway:
             self.loop = asyncio.get_running_loop()
             for i, port in enumerate((self.proxy_port, self.management_port)):
                 config = uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="on" if i == 0 else "off",
-                                        log_level="warning", access_log=False, http="httptools",
+                                        log_level="warning", access_log=False, http=OneWriteProtocol,
                                         ws="websockets-sansio")
                 self.servers.append(uvicorn.Server(config))
             tasks = [asyncio.ensure_future(s.serve()) for s in self.servers]

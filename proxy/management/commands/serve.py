@@ -173,6 +173,7 @@ def serve(sockets: list[socket.socket], log_level: str, parent: int | None = Non
     import uvicorn
     import uvloop
 
+    from proxy.http_protocol import OneWriteProtocol
     from smartflow.asgi import application
 
     class Server(uvicorn.Server):
@@ -190,7 +191,7 @@ def serve(sockets: list[socket.socket], log_level: str, parent: int | None = Non
 
     async def main():
         for i, sock in enumerate(sockets):
-            config = uvicorn.Config(application, loop="uvloop", http="httptools", ws="websockets-sansio",
+            config = uvicorn.Config(application, loop="uvloop", http=OneWriteProtocol, ws="websockets-sansio",
                                     lifespan="on" if i == 0 else "off", log_level=log_level,
                                     access_log=False, timeout_graceful_shutdown=30,
                                     timeout_keep_alive=settings.SMARTFLOW_KEEPALIVE_SECONDS)

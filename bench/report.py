@@ -88,6 +88,11 @@ def summary(results, meta):
     w(f"machine: {meta['cores']} cores, {meta['cpu']}; nginx {meta['nginx']}; {meta['wrk']}")
     w(f"load average before the run: {meta['loadavg']}; after: {' '.join(meta['loadavg_after'])} "
       "(anything else busy on these 2 cores skews the figures)")
+    steal = sorted((r["steal_pct"], k) for k, r in rows.items() if "steal_pct" in r)
+    if steal:
+        worst, (server, route, conc) = steal[-1]
+        w(f"CPU time the hypervisor gave other guests during the runs (steal): median {steal[len(steal) // 2][0]:.1f} %, "
+          f"worst {worst:.1f} % ({server} {route} c={conc}); a run with more than a few % is not comparable")
     w(f"each run {meta['duration']} s (gateway runs after a {meta['warmup']} s warm-up); "
       f"upstream: nginx, 1 worker, fixed JSON; gateway: full path with a virtual key "
       f"(auth, routing, translation, VASLog tracing); SQLite + in-process cache")

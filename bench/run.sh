@@ -237,13 +237,18 @@ gateway_pids() {  # $1 and every process under it (the workers of --workers N ha
                 for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; print p; changed = 1 } } }'
 }
 
-group_cpu_ticks() {  # user+system CPU ticks of the gateway's live processes ($1 and those under it)
-    local pid total=0 stat
+group_cpu_ticks() {  # "user+system system" CPU ticks of the gateway's live processes ($1 and those under it)
+    local pid total=0 system=0 stat
     for pid in $(gateway_pids "$1"); do
         stat=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
         total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+        system=$((system + $(awk '{print $13}' <<<"$stat")))
     done
-    echo "$total"
+    echo "$total $system"
+}
+
+steal_ticks() {  # "steal all" ticks of the whole machine: CPU time the hypervisor gave to other guests
+    awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat
 }
 
 # wrk_run SERVER ROUTE CONC [record]: one wrk run; with "record" its RESULT line is kept.
@@ -267,20 +272,27 @@ wrk_run() {
         # A new run id each run: no request of this run can hit an entry an earlier run stored.
         [[ $route == *-miss ]] && vary="r$$-$RANDOM$RANDOM-$(date +%s%N)"
     fi
-    local out cpu0=0 cpu1=0 t0 t1
+    local out cpu0="0 0" cpu1 t0 t1 steal0 steal1
     [[ $server != direct && -n $record ]] && cpu0=$(group_cpu_ticks "$GW_PID")
+    steal0=$(steal_ticks)
     t0=$(date +%s)
     out=$(BENCH_BODY_FILE="$BENCH/payloads/$body" BENCH_AUTH="$auth" BENCH_PROVIDER="$provider" \
           BENCH_EXTRA_HDR="$extra" BENCH_VARY="$vary" timeout $((duration + 30)) \
           "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency -s "$BENCH/post.lua" "$url")
+    steal1=$(steal_ticks)
     if [[ -n $record ]]; then
         local line
         line=$(grep '^RESULT ' <<<"$out")
+        # The share of the machine's CPU time the hypervisor gave to other guests during the run.
+        line+=" $(awk -v a="$steal0" -v b="$steal1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+            printf "steal_pct=%.1f", (y[2] > x[2] ? 100 * (y[1] - x[1]) / (y[2] - x[2]) : 0) }')"
         if [[ $server != direct ]]; then  # the gateway's own CPU time per request (all its processes)
             cpu1=$(group_cpu_ticks "$GW_PID")
-            line+=" $(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v l="$line" 'BEGIN {
+            line+=" $(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v l="$line" 'BEGIN {
+                split(a, x, " "); split(b, y, " ");
                 match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9);
-                printf "gw_cpu_ms_per_req=%.3f", (n > 0 ? t * 1000 / hz / n : 0) }')"
+                printf "gw_cpu_ms_per_req=%.3f gw_sys_ms_per_req=%.3f", (n > 0 ? (y[1] - x[1]) * 1000 / hz / n : 0),
+                       (n > 0 ? (y[2] - x[2]) * 1000 / hz / n : 0) }')"
             line+=" rss_mib=$(awk -v k="$(group_rss_kib "$GW_PID")" 'BEGIN {printf "%.1f", k / 1024}')"
             if [[ -n ${SMARTFLOW_LOOP_LAG_FILE:-} && $server != portkey && $server != litellm ]]; then
                 sleep 1.1  # the probe writes the run's last second
@@ -290,7 +302,7 @@ wrk_run() {
         fi
         printf '%s\t%s\t%s\t%s\n' "$server" "$route" "$conc" "$line" >>"$RESULTS"
         printf '  %-10s %-17s c=%-3s %s\n' "$server" "$route" "$conc" \
-            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req|lag_max_ms|gc2_ms)=/) printf "%s ", $i}' <<<"$line")"
+            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req|gw_sys_ms_per_req|steal_pct|lag_max_ms|gc2_ms)=/) printf "%s ", $i}' <<<"$line")"
     fi
 }
 
@@ -397,7 +409,8 @@ limits_runs() {
         suffix=""; [[ $round -gt 1 ]] && suffix="#$round"
         start_gateway limits-off
         preflight openai_request.json ""
-        for conc in 1 64; do measure "limits-off$suffix" openai "$conc"; done
+        measure "limits-off$suffix" openai 1
+        profile_during "limits-off$round-c64" "limits-off$suffix" openai 64
         stop_gateway
         start_gateway limits-redis
         preflight openai_request.json ""
@@ -405,7 +418,8 @@ limits_runs() {
             echo "bench: the limited key's answer has no x-ratelimit headers: is the limits policy on?" >&2
             exit 1
         fi
-        for conc in 1 64; do measure "limits-redis$suffix" openai "$conc"; done
+        measure "limits-redis$suffix" openai 1
+        profile_during "limits-redis$round-c64" "limits-redis$suffix" openai 64
         stop_gateway
     done
     KEY=$plain_key

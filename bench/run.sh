@@ -555,7 +555,8 @@ governance_runs() {
     local plain_key=$KEY
     start_gateway governance-off
     preflight openai_request.json ""
-    for conc in 1 64; do measure governance-off openai-miss "$conc"; done
+    measure governance-off openai-miss 1
+    profile_during governance-off governance-off openai-miss 64
     stop_gateway
     "$PY" manage.py smartflow_team create bench-governance --rpm 1000000000 --tpm 2000000000 --budget 99999999 \
         --period monthly >/dev/null

@@ -10,6 +10,7 @@ import re._parser as re_parser
 from dataclasses import dataclass
 
 import re2
+from re2 import _re2
 
 from . import injection, pii, secrets
 
@@ -73,39 +74,55 @@ def _context_boost(entity: str, before: str) -> float:
     return pii.CONTEXT_BOOST if any(word in before for word in pii.CONTEXT.get(entity, ())) else 0.0
 
 
+_UNANCHORED = _re2.RE2.Anchor.UNANCHORED
+_NO_MATCH = (-1, -1)
+
+
+def _first_group(found: list) -> int | None:
+    for index in range(1, len(found)):
+        if found[index] != _NO_MATCH:
+            return index
+    return None
+
+
 def spans(pattern, text: str, check=None, rescan: bool = True):
     """(group index, start, end) of each match of an RE2 pattern, in characters; with check, (start,
     end, check's result) of each match check(index, start, end) accepts, a rejected one searched
-    again from its next character (rescan). RE2 runs on UTF-8 bytes: handing it bytes is twice as fast as a
-    str (whose offsets the binding converts match by match); outside ASCII, byte offsets become
-    character offsets by decoding the gaps, once, front to back (RE2 matches whole code points, so
-    every offset is on a character boundary)."""
+    again from its next character (rescan). The group index is the first group that took part (in
+    the built-in patterns, each alternative is one group). RE2 runs on UTF-8 bytes: handing it bytes
+    is twice as fast as a str (whose offsets the binding converts match by match); outside ASCII,
+    byte offsets become character offsets by decoding the gaps, once, front to back (RE2 matches
+    whole code points, so every offset is on a character boundary). The binding's compiled RE2 is
+    called directly: its search() wraps each call in a generator and a match object, which cost
+    more than RE2 takes to scan a short prompt (google-re2 is pinned; a test holds the two alike)."""
     data = text.encode("utf-8", "surrogatepass")
     ascii = len(data) == len(text)
     at_byte = at_char = pos = 0
     budget = RESCAN * len(data) + MAX_SPAN
-    while pos <= len(data):
-        match = pattern.search(data, pos)
-        if match is None:
+    match_at, size = pattern._regexp.Match, len(data)
+    while pos <= size:
+        found = match_at(_UNANCHORED, data, pos, size)
+        if found[0] == _NO_MATCH:
             return
-        start, end = match.span()
+        start, end = found[0]
+        match_start, match_end = start, end
         if not ascii:
             at_char += len(data[at_byte:start].decode("utf-8", "surrogatepass"))
             at_byte = start
             start, end = at_char, at_char + len(data[at_byte:end].decode("utf-8", "surrogatepass"))
         if check is None:
-            yield match.lastindex, start, end
+            yield _first_group(found), start, end
         else:
-            result = check(match.lastindex, start, end)
+            result = check(_first_group(found), start, end)
             if result is None and rescan and budget > 0:
-                budget -= match.end() - match.start()
-                pos = match.start() + 1
-                while pos < len(data) and data[pos] & 0xC0 == 0x80:  # the next character, not the next byte
+                budget -= match_end - match_start
+                pos = match_start + 1
+                while pos < size and data[pos] & 0xC0 == 0x80:  # the next character, not the next byte
                     pos += 1
                 continue
             if result is not None:
                 yield start, end, result
-        pos = match.end() if match.end() > match.start() else match.end() + 1
+        pos = match_end if match_end > match_start else match_end + 1
 
 
 def _value(text: str, group: str, start: int, end: int) -> Finding | None:

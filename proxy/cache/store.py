@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from proxy.redis_pipe import Script, loop_pipe
+from proxy.redis_pipe import RedisError, Script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
@@ -146,10 +146,39 @@ class RedisStore(SyncRedis):
     async def put(self, key: str, value: bytes, ttl: int):
         self._check()
         try:
-            await self._pipe().script(_PUT, [self.entry(key), self.sizes, self.expiry, self.total],
-                                      [key, value, ttl, time.time() + ttl])
+            await self._pipe().script(_PUT, *self._put_args(key, value, ttl))
         except Exception as exc:
             self._down(exc)
+
+    def post_put(self, key: str, value: bytes, ttl: int) -> bool:
+        """put() with nobody awaiting it: posted with the next write on this loop's connection (so
+        this process's next lookup, written after it, finds it). False, and nothing sent, when it
+        cannot be posted now (backing off, not connected, the script not loaded): put() then."""
+        if time.monotonic() < self.down_until:
+            return False
+        return self._pipe().post(_PUT, *self._put_args(key, value, ttl), self._posted, key, value, ttl)
+
+    def _put_args(self, key: str, value: bytes, ttl: int) -> tuple[list, list]:
+        return [self.entry(key), self.sizes, self.expiry, self.total], [key, value, ttl, time.time() + ttl]
+
+    def _posted(self, answer, error, key, value, ttl):
+        if error is None:
+            return
+        if isinstance(error, RedisError) and str(error).startswith("NOSCRIPT"):  # Redis lost its scripts
+            task = asyncio.get_running_loop().create_task(self._put_quietly(key, value, ttl))
+            _tasks.add(task)
+            task.add_done_callback(_tasks.discard)
+            return
+        try:
+            self._down(error)
+        except StoreDown:
+            pass  # the answer went out; it is just not cached
+
+    async def _put_quietly(self, key: str, value: bytes, ttl: int):
+        try:
+            await self.put(key, value, ttl)
+        except StoreDown:
+            pass
 
     def stats(self) -> dict:
         try:
@@ -167,6 +196,9 @@ class RedisStore(SyncRedis):
 
 
 _current: tuple | None = None
+
+
+_tasks: set = set()  # stores re-sent whole after NOSCRIPT
 
 
 def _retrieved(future):

@@ -166,10 +166,14 @@ class CachePolicy(Policy):
                  "stored_at": time.time(), "ttl_s": state.ttl,
                  "cost_usd": float(ex.trace.fields.get("cost_usd") or 0)}
         store, value = self.store, orjson.dumps(entry)
-        if store.backend == "redis" and self.mode == "exact":  # the answer does not wait for Redis' (a
+        if store.backend == "redis" and self.mode == "exact":  # the answer does not wait for Redis' round
+            # trip: posted with the next write (this process's next lookup goes after it), else on a
+            # task; a paraphrase needs the semantic index, awaited below.
+            if store.post_put(state.key, value, state.ttl):
+                return
             task = asyncio.get_running_loop().create_task(self._put(store, state, ex.call.chat, value))
-            self.tasks.add(task)  # round trip): the write goes out in the next loop turns, before the
-            task.add_done_callback(self.tasks.discard)  # client can ask again; a paraphrase needs the index
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         else:
             await self._put(store, state, ex.call.chat, value)
 

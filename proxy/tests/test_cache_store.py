@@ -60,3 +60,52 @@ def test_200_concurrent_lookups_on_redis_are_all_served():
     assert found == [b"value"] * 200, {type(f).__name__ for f in found}
     assert store.down_until == 0.0
     store.clear()
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_posted_store_is_found_by_the_next_lookup_and_survives_a_script_flush():
+    """An answer's store is posted (no task, no future, no timer) with the next write of the loop's
+    connection: this process's next lookup, written after it, finds it. After SCRIPT FLUSH the post is
+    refused (NOSCRIPT) and the store is sent whole instead."""
+    import redis
+
+    store = RedisStore(REDIS, f"test-{uuid.uuid4().hex}")
+
+    async def scenario():
+        await store.put("first", b"1", 60)  # loads the script on this connection
+        assert store.post_put("k", b"posted", 60)
+        found = await store.get("k")
+        redis.Redis.from_url(REDIS).script_flush()
+        assert store.post_put("again", b"whole", 60)
+        await asyncio.sleep(0.05)
+        for _ in range(100):
+            if await store.get("again") is not None:
+                break
+            await asyncio.sleep(0.01)
+        return found, await store.get("again")
+    try:
+        assert asyncio.run(scenario()) == (b"posted", b"whole")
+        assert store.down_until == 0.0
+    finally:
+        store.clear()
+
+
+@pytest.mark.skipif(not REDIS, reason="needs REDIS_URL")
+def test_a_posted_store_redis_refuses_backs_the_store_off_and_loses_only_that_entry():
+    import redis
+
+    store = RedisStore(REDIS, f"test-{uuid.uuid4().hex}")
+    client = redis.Redis.from_url(REDIS)
+
+    async def scenario():
+        await store.put("first", b"1", 60)
+        client.set(store.total, "not a number")  # the script's INCRBY of the store's bytes is refused
+        assert store.post_put("taken", b"v", 60)
+        found = await store.get("first")  # answered after the refused store: the connection goes on
+        await asyncio.sleep(0)
+        return found
+    try:
+        assert asyncio.run(scenario()) == b"1"
+        assert store.down_until > time.monotonic() and not store.post_put("later", b"v", 60)
+    finally:
+        store.clear()

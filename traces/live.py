@@ -33,8 +33,8 @@ _own_lock = threading.Lock()
 
 def _pushing_loop() -> asyncio.AbstractEventLoop:
     """The pushes' own event loop, in a thread of its own, started once. The Redis layer keeps its
-    connections per loop: a new loop per push (async_to_sync) connected anew for every batch, which
-    cost ~40 us of CPU a request at 1,000 requests/s."""
+    connections per loop: a new loop per push (async_to_sync) connected anew for every batch, 4.95 ms
+    of CPU a push (1.1 ms on one loop), five pushes a second under load."""
     global _own_loop
     with _own_lock:
         if _own_loop is None:

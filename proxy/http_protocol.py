@@ -2,8 +2,8 @@
 
 uvicorn writes the status line and headers when the app sends http.response.start, and the body
 when it sends http.response.body: two socket writes for every answer, and on a VM each costs
-~15 us of kernel time. Here the head waits for the body's first write, or for the end of the loop
-turn when none comes in it (a stream whose first event is still upstream), and both go together.
+~15 us of kernel time. Here a write waits for the next one, or for the end of the loop turn when
+none comes in it (a stream whose first event is still upstream), and both go together.
 """
 from __future__ import annotations
 
@@ -12,42 +12,40 @@ import asyncio
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
-class HeldHead:
-    """A request cycle's view of the connection: its first write (the head, or a 100 Continue)
-    is held until the next write or the end of the loop turn."""
+class HeldWrites:
+    """The connection as the protocol, its request cycles and an upgraded WebSocket see it: a write
+    is held until the next write or the end of the loop turn. Every write and close goes through
+    it, so nothing the protocol writes itself (a 400, a close at shutdown) overtakes what is held."""
 
-    __slots__ = ("transport", "held", "first")
+    __slots__ = ("transport", "loop", "held", "soon")
 
-    def __init__(self, transport: asyncio.Transport):
-        self.transport, self.held, self.first = transport, None, True
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport, self.loop, self.held, self.soon = transport, loop, None, None
 
     def write(self, data: bytes):
         if self.held is not None:
             held, self.held = self.held, None
             self.transport.writelines((held, data))
-        elif self.first:
-            self.first, self.held = False, data
-            asyncio.get_running_loop().call_soon(self.flush)
         else:
-            self.transport.write(data)
+            self.held = data
+            if self.soon is None:
+                self.soon = self.loop.call_soon(self.flush)
 
     def flush(self):
+        self.soon = None
         if self.held is not None:
             held, self.held = self.held, None
-            if not self.transport.is_closing():
+            if not self.transport.is_closing():  # (the peer went away meanwhile: nobody to send it to)
                 self.transport.write(held)
 
     def close(self):
         self.flush()
         self.transport.close()
 
-    def __getattr__(self, name):  # is_closing, get_extra_info, …: the transport's own
+    def __getattr__(self, name):  # is_closing, get_extra_info, set_protocol, abort, …: the transport's own
         return getattr(self.transport, name)
 
 
 class OneWriteProtocol(HttpToolsProtocol):
-    def on_headers_complete(self):
-        before = self.cycle
-        super().on_headers_complete()
-        if self.cycle is not before:  # a new request's cycle (not a WebSocket upgrade)
-            self.cycle.transport = HeldHead(self.transport)
+    def connection_made(self, transport: asyncio.Transport):
+        super().connection_made(HeldWrites(transport, asyncio.get_running_loop()))

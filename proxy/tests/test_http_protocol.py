@@ -99,7 +99,7 @@ def test_a_streams_head_goes_before_its_first_event_comes():
     finally:
         Recording.__init__ = original
     assert len(seen["before the first event"]) == 1 and seen["before the first event"][0].startswith(b"HTTP/1.1 200")
-    assert transport.writes[1] == b"9\r\ndata: 1\n\n\r\n" and transport.writes[-1] == b"0\r\n\r\n"
+    assert b"".join(transport.writes[1:]) == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
 
 
 def test_a_closing_answer_sends_its_head_and_body_before_it_closes():
@@ -113,3 +113,44 @@ def test_across_a_real_socket_the_client_gets_head_and_body(gateway, proxy_clien
     r = proxy_client.post("/v1/chat/completions", json={"model": "gpt-4.1", "messages": [
         {"role": "user", "content": "x" * size}]})
     assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+
+
+def test_a_head_answer_held_at_shutdown_is_sent_before_the_connection_closes():
+    """A HEAD answer is complete with its head alone (held): a shutdown in the same loop turn closes
+    the connection through the same hold, so the head goes first."""
+    async def head_then_shutdown():
+        config = uvicorn.Config(answer, http=OneWriteProtocol, lifespan="off", log_level="warning")
+        config.load()
+        protocol = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
+        transport = Recording()
+        protocol.connection_made(transport)
+        protocol.data_received(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while not protocol.cycle.response_complete:
+            await asyncio.sleep(0)
+        protocol.shutdown()  # before the turn ends
+        await asyncio.sleep(0.05)
+        return transport
+    transport = asyncio.run(head_then_shutdown())
+    assert transport.closed and len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_400_the_protocol_writes_itself_does_not_overtake_a_held_head():
+    """Bytes that are not HTTP, read while an answer's head is held, get uvicorn's 400 after it."""
+    connection = {}
+
+    async def interrupted(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        connection["protocol"].data_received(b"\x00\x01 not http\r\n\r\n")  # read in the same turn
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def run():
+        config = uvicorn.Config(interrupted, http=OneWriteProtocol, lifespan="off", log_level="warning")
+        config.load()
+        protocol = connection["protocol"] = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
+        transport = Recording()
+        protocol.connection_made(transport)
+        protocol.data_received(GET)
+        await asyncio.sleep(0.05)
+        return transport
+    written = b"".join(asyncio.run(run()).writes)
+    assert written.startswith(b"HTTP/1.1 200 OK") and b"400 Bad Request" in written

@@ -11,10 +11,12 @@ loop turn. A call that is not answered within the timeout aborts the connection 
 call waiting on it (their answers can no longer be matched); the next call reconnects. A posted
 call (a settlement) has no future and no timer: its answer goes to a callback.
 
-A timeout is Redis' silence, not the loop's lateness: under a burst one loop turn can take longer
-than the timeout, and an answer that arrived meanwhile sits unread. So a call's timer, when it fires,
-looks again two loop turns later (by then whatever was readable has been read) and fails only if
-nothing came in; a connection is given a few loop turns as well as connect_timeout seconds.
+One timer per connection watches the oldest call still awaited (answers come in order, so it is the
+first that can be late); a timer per call cost more than the rest of the call. A timeout is Redis'
+silence, not the loop's lateness: under a burst one loop turn can take longer than the timeout, and
+an answer that arrived meanwhile sits unread. So the timer, when a call is late, looks again two
+loop turns later (by then whatever was readable has been read) and fails only if nothing came in;
+a connection is given a few loop turns as well as connect_timeout seconds.
 """
 from __future__ import annotations
 
@@ -44,8 +46,8 @@ class Script:
 
 class _Posted:
     """A posted command's place among the awaited ones: its answer, or its failure, goes to
-    then(answer, error, *payload). No future, no task and no timer: a Redis that stops answering
-    is found by the next awaited call's timer, which fails this one too."""
+    then(answer, error, *payload). No future and no task; the connection's watch times it as it
+    times an awaited call (with no call awaited, a hung Redis would hold every posted one)."""
 
     __slots__ = ("then", "payload")
 
@@ -68,22 +70,15 @@ class _Posted:
             log.exception("redis: handling a posted command's answer failed")
 
 
-class _NoTimer:
-    @staticmethod
-    def cancel():
-        return None
-
-
-_NO_TIMER = _NoTimer()
-
-
 class _Protocol(asyncio.Protocol):
     def __init__(self):
         self.reader = hiredis.Reader()
-        self.pending: deque = deque()  # (future, timeout handle), in the order the commands were written
+        self.pending: deque = deque()  # (future, deadline), in the order the commands were written
         self.transport = None
         self.lost = self.timed_out = False
-        self.replies = 0  # answers read so far: whether Redis spoke while a timer ran
+        self.replies = 0  # answers read so far: whether Redis spoke while the watch looked again
+        self.watch = None  # the timer on the oldest awaited call
+        self.extended = 0.0  # a late call's deadline moved here when Redis was answering (a long queue)
         self.scripts: set[str] = set()  # the SHA1s of the scripts sent whole on this connection
         self.buffer: list[bytes] = []  # packed commands not written yet
         self.urgent = False  # one of them is awaited (not only lazy ones)
@@ -100,8 +95,7 @@ class _Protocol(asyncio.Protocol):
         try:
             while (reply := self.reader.gets()) is not False:
                 self.unanswered -= 1
-                future, timer = pending.popleft()
-                timer.cancel()
+                future = pending.popleft()[0]
                 if future.done():
                     continue
                 if isinstance(reply, hiredis.ReplyError):
@@ -142,9 +136,11 @@ class _Protocol(asyncio.Protocol):
         self._take()
         error = (TimeoutError("Redis did not answer in time") if self.timed_out else
                  ConnectionError(f"Redis connection lost ({type(exc).__name__ if exc else 'closed'})"))
+        if self.watch is not None:
+            self.watch.cancel()
+            self.watch = None
         while self.pending:
-            future, timer = self.pending.popleft()
-            timer.cancel()
+            future = self.pending.popleft()[0]
             if not future.done():
                 future.set_exception(error)
 
@@ -180,7 +176,10 @@ class Pipe:
         loop = self.loop
         command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited
         future = loop.create_future()
-        proto.pending.append((future, loop.call_later(self.timeout, self._timed_out, proto, future)))
+        deadline = loop.time() + self.timeout
+        proto.pending.append((future, deadline))
+        if proto.watch is None:
+            proto.watch = loop.call_at(deadline, self._watch, proto)
         proto.buffer.append(command)
         if not lazy:
             proto.urgent = True
@@ -218,7 +217,10 @@ class Pipe:
         if proto is None or proto.lost or script.sha not in proto.scripts:
             return False
         proto.buffer.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
-        proto.pending.append((_Posted(then, payload), _NO_TIMER))
+        deadline = self.loop.time() + self.timeout  # a Redis that stops answering fails it like a call
+        proto.pending.append((_Posted(then, payload), deadline))
+        if proto.watch is None:
+            proto.watch = self.loop.call_at(deadline, self._watch, proto)
         if proto.soon is None and proto.later is None:
             proto.later = self.loop.call_later(LAZY_S, proto.write)
         return True
@@ -269,15 +271,31 @@ class Pipe:
             raise
         return proto
 
-    def _timed_out(self, proto: _Protocol, future: asyncio.Future, replies: int = -1, turns: int = 2):
-        if future.done() or proto.lost:
+    def _watch(self, proto: _Protocol, replies: int = -1, turns: int = 0):
+        """The connection's timer: re-armed for the oldest call still waited for (awaited or posted),
+        or, that call late, the connection failed unless Redis answered something while it looked again."""
+        proto.watch = None
+        if proto.lost:
             return
-        if replies < 0:  # the timer: what has arrived unread decides, two turns from now
-            replies = proto.replies
-        if turns:
-            self.loop.call_soon(self._timed_out, proto, future, replies, turns - 1)
+        oldest = next(((at, due) for at, (future, due) in enumerate(proto.pending) if not future.done()), None)
+        if oldest is None:
+            return  # nothing waited for: the next call arms it again
+        loop = self.loop
+        if oldest[0] >= len(proto.pending) - len(proto.buffer) and proto.unanswered <= 0:
+            # not written yet, and nothing written waits for an answer: a busy loop's turn, not Redis'
+            # silence (when written calls are unanswered, the gated write waits on Redis: it counts)
+            proto.watch = loop.call_at(loop.time() + self.timeout, self._watch, proto)
+            return
+        due = max(oldest[1], proto.extended)
+        if loop.time() < due:  # (also when the late call was answered or given up meanwhile)
+            proto.watch = loop.call_at(due, self._watch, proto)
+        elif replies < 0:  # late: what has arrived unread decides, two turns from now
+            proto.watch = loop.call_soon(self._watch, proto, proto.replies, 1)
+        elif turns:
+            proto.watch = loop.call_soon(self._watch, proto, replies, turns - 1)
         elif proto.replies != replies:  # Redis is answering, the queue is long: another timeout
-            self.loop.call_later(self.timeout, self._timed_out, proto, future)
+            proto.extended = loop.time() + self.timeout
+            proto.watch = loop.call_at(proto.extended, self._watch, proto)
         else:
             proto.timed_out = True
             proto.transport.abort()  # connection_lost fails every call waiting on it

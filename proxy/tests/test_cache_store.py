@@ -109,3 +109,29 @@ def test_a_posted_store_redis_refuses_backs_the_store_off_and_loses_only_that_en
         assert store.down_until > time.monotonic() and not store.post_put("later", b"v", 60)
     finally:
         store.clear()
+
+
+def test_posted_stores_on_a_hung_redis_time_out_and_back_the_store_off(redis_server):
+    """With no lookup awaited (Cache-Control: no-cache, no limits), nothing but the stores
+    themselves goes to Redis: a Redis that stops answering must still be found at the timeout,
+    not hold every answer posted to it."""
+    import signal
+
+    server, url = redis_server()
+    store = RedisStore(url, f"test-{uuid.uuid4().hex}")
+
+    async def scenario():
+        await store.put("first", b"1", 60)  # connected, the script loaded
+        server.send_signal(signal.SIGSTOP)
+        posted, started = 0, time.monotonic()
+        while time.monotonic() - started < 2 and store.post_put(f"k{posted}", b"v" * 1000, 60):
+            posted += 1
+            await asyncio.sleep(0.001)
+        pipe = store._pipe()
+        return posted, time.monotonic() - started, pipe.proto.lost, len(pipe.proto.pending)
+    try:
+        posted, seconds, lost, pending = asyncio.run(scenario())
+    finally:
+        server.send_signal(signal.SIGCONT)
+    assert seconds < 1.5 and lost and pending == 0, (posted, seconds, lost, pending)
+    assert store.down_until > time.monotonic()  # backing off: requests go on uncached

@@ -276,3 +276,59 @@ def test_a_busy_loop_is_not_a_redis_that_does_not_answer(redis_server):
         await busy_turns(4, 0.15)
         assert await asyncio.gather(*calls) == [b"v"] * 3
     asyncio.run(main())
+
+
+def test_one_timer_watches_a_connections_calls(redis_server):
+    """A timer per call (a heap entry made and cancelled each time) cost more than the rest of the
+    call; answers come in order, so one timer on the oldest awaited call is enough."""
+    _, url = redis_server()
+
+    async def main():
+        pipe = Pipe(url, 2, 2)
+        await pipe.connect()
+        loop = asyncio.get_running_loop()
+        before = len(loop._scheduled)
+        calls = [pipe.send("GET", f"k{i}") for i in range(500)]
+        timers = len(loop._scheduled) - before
+        assert await asyncio.gather(*calls) == [None] * 500
+        return timers
+    assert asyncio.run(main()) <= 1
+
+
+def test_a_call_given_up_by_its_caller_while_redis_is_busy_does_not_fail_the_connection(redis_server):
+    """Past a given-up call's deadline there is nobody to fail: the connection goes on, and its
+    later calls are answered in step."""
+    _, url = redis_server()
+
+    async def main():
+        pipe = Pipe(url, 0.3, 2)
+        await pipe.connect()
+        proto = pipe.proto
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pipe.script(SLOW, [], [400_000]), 0.05)  # Redis silent for 0.4 s
+        await asyncio.sleep(0.6)  # past the given-up call's deadline (0.3 s), silent until 0.4 s
+        assert not proto.lost
+        assert await pipe.call("SET", "k", "v") == b"OK" and await pipe.call("GET", "k") == b"v"
+        assert pipe.proto is proto
+    asyncio.run(main())
+
+
+def test_a_call_held_behind_given_up_calls_on_a_hung_redis_still_times_out(redis_server):
+    """The calls written are given up by their callers, and Redis hangs: the next call waits in the
+    buffer behind their answers, and must fail at its timeout all the same."""
+    server, url = redis_server()
+
+    async def main():
+        pipe = Pipe(url, 0.3, 1)
+        assert await pipe.call("PING") == b"PONG"
+        server.send_signal(signal.SIGSTOP)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pipe.call("GET", "k"), 0.05)  # written, never answered, given up
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pipe.call("GET", "k")
+        return time.monotonic() - started
+    try:
+        assert asyncio.run(main()) < 1.0
+    finally:
+        server.send_signal(signal.SIGCONT)

@@ -27,7 +27,9 @@ _consumers = 0
 # One push at a time, never waited for by the writer thread: a Redis that hangs holds one push,
 # not the writer, and not a pile of pushes. Without local consumers, pushes run on a loop of their own.
 _push: Future | None = None
+_push_loop: asyncio.AbstractEventLoop | None = None  # the loop the last push runs on
 _own_loop: asyncio.AbstractEventLoop | None = None
+_own_thread: threading.Thread | None = None
 _own_lock = threading.Lock()
 
 
@@ -35,17 +37,20 @@ def _pushing_loop() -> asyncio.AbstractEventLoop:
     """The pushes' own event loop, in a thread of its own, started once. The Redis layer keeps its
     connections per loop: a new loop per push (async_to_sync) connected anew for every batch, 4.95 ms
     of CPU a push (1.1 ms on one loop), five pushes a second under load."""
-    global _own_loop
+    global _own_loop, _own_thread
     with _own_lock:
-        if _own_loop is None:
+        if _own_thread is None or not _own_thread.is_alive():  # (started again should it ever stop)
             _own_loop = asyncio.new_event_loop()
-            threading.Thread(target=_own_loop.run_forever, name="live-traces", daemon=True).start()
+            _own_thread = threading.Thread(target=_own_loop.run_forever, name="live-traces", daemon=True)
+            _own_thread.start()
         return _own_loop
 
 
 def _forget_loop():
-    global _own_loop, _own_lock, _push
-    _own_loop, _own_lock, _push = None, threading.Lock(), None  # a forked child has no such thread
+    """A forked child has none of its parent's threads and runs none of its loops."""
+    global _own_loop, _own_thread, _own_lock, _push, _push_loop, _loop, _consumers
+    _own_loop = _own_thread = _push = _push_loop = _loop = None
+    _own_lock, _consumers = threading.Lock(), 0
 
 
 os.register_at_fork(after_in_child=_forget_loop)
@@ -82,7 +87,7 @@ def message(batch: list[dict]) -> dict:
 
 def broadcast(batch: list[dict]):
     """Recorder listener (runs in the writer thread, never on the request path)."""
-    global _push
+    global _push, _push_loop
     layer = get_channel_layer()
     if layer is None or not batch:
         return
@@ -92,11 +97,11 @@ def broadcast(batch: list[dict]):
     payload = message(batch)
     if not payload["rows"]:
         return
-    if _push is not None and not _push.done():
+    if _push is not None and not _push.done() and _push_loop.is_running():
         return  # the last push is still out (a slow layer): live rows are best effort, traces are not
     # Handed to the consumers' loop (or the pushes' own) without waiting: the writer thread moves on.
     loop = _loop if _loop is not None and not _loop.is_closed() else _pushing_loop()
-    _push = asyncio.run_coroutine_threadsafe(_send(layer, payload), loop)
+    _push, _push_loop = asyncio.run_coroutine_threadsafe(_send(layer, payload), loop), loop
     _push.add_done_callback(_log_failure)
 
 

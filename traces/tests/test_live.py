@@ -96,3 +96,35 @@ def test_pushes_without_a_dashboard_here_reach_other_processes_on_one_redis_conn
         assert connections() - before <= 3  # the pushes' loop's connection (+ this test's own INFO calls)
     finally:
         channel_layers.backends.clear()
+
+
+def test_pushes_go_on_if_their_loop_ever_stops(monkeypatch):
+    """The pushes' own loop stopping (a BaseException out of it) must not leave the last push
+    pending for good, which would drop every later one without a word."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from traces import live
+
+    sent = []
+
+    class Layer:
+        async def group_send(self, group, message):
+            sent.append(message["rows"][0]["id"])
+
+    monkeypatch.setattr(live, "get_channel_layer", lambda: Layer())
+    monkeypatch.setattr(live, "_loop", None)
+
+    def push(n):
+        live.broadcast([{"id": f"p{n}", "timestamp": datetime.now(timezone.utc), "status_code": 200}])
+
+    push(1)
+    wait_for(lambda: sent == ["p1"])
+    stuck = asyncio.Event()
+    loop, thread = live._own_loop, live._own_thread
+    live._push = asyncio.run_coroutine_threadsafe(stuck.wait(), loop)  # a push that never completes
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    push(2)
+    wait_for(lambda: sent == ["p1", "p2"])
+    assert live._own_thread is not thread and live._own_thread.is_alive()

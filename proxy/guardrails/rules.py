@@ -89,6 +89,8 @@ def validate(body) -> dict:
             raise Invalid("pattern", f"not a linear-time (RE2) regular expression: {reason}") from None
         if compiled.search(""):
             raise Invalid("pattern", "it matches the empty string.")
+        if _ANY_BYTE.search(pattern):  # a match could end inside a character: its offsets would mean nothing
+            raise Invalid("pattern", r"\C (any byte) can match part of a character: use . (any character).")
     elif pattern:
         raise Invalid("pattern", "only a regex policy has a pattern.")
     words = [w for w in _strings(words, "words", WORDS_MAX) if w]
@@ -100,6 +102,9 @@ def validate(body) -> dict:
         raise Invalid("words", f"a keyword is at most {MAX_SPAN} characters.")
     return {"name": name.strip(), "kind": kind, "entities": entities, "pattern": pattern, "words": words,
             "action": action, "on": on, "teams": teams, "enabled": enabled}
+
+
+_ANY_BYTE = re2.compile(r"(?:^|[^\\])(?:\\\\)*\\C")  # \C, not an escaped backslash before a C
 
 
 def _longest(pattern: str) -> int:

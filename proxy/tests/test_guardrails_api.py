@@ -39,6 +39,7 @@ def test_create_read_replace_delete_and_effect(gateway, management_client, proxy
 
 @pytest.mark.parametrize("body, field", [
     ({**POLICY, "kind": "regex", "entities": [], "pattern": r"(\w+)\1"}, "pattern"),
+    ({**POLICY, "kind": "regex", "entities": [], "pattern": r"secret\C"}, "pattern"),  # a match could end mid-character
     ({**POLICY, "entities": ["EMAIL", "PHONE_NUMBER"]}, "entities"),
     ({**POLICY, "action": "quarantine"}, "action"),
     ({**POLICY, "on": "sideways"}, "on"),

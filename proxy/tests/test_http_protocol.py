@@ -38,14 +38,20 @@ class Recording(asyncio.Transport):
         pass
 
 
-def served(app, request: bytes, turns: int = 20) -> Recording:
+current = {}  # the protocol and transport of the connection being served
+
+
+def served(app, request: bytes, then=None, turns: int = 20) -> Recording:
+    """The app served on one connection given request's bytes; then(protocol) runs right after."""
     async def run():
         config = uvicorn.Config(app, http=OneWriteProtocol, lifespan="off", log_level="warning")
         config.load()
-        protocol = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
-        transport = Recording()
+        protocol = current["protocol"] = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
+        transport = current["transport"] = Recording()
         protocol.connection_made(transport)
         protocol.data_received(request)
+        if then is not None:
+            await then(protocol)
         for _ in range(turns):
             await asyncio.sleep(0)
         await asyncio.sleep(0.05)
@@ -83,21 +89,11 @@ def test_a_streams_head_goes_before_its_first_event_comes():
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         await asyncio.sleep(0.01)  # the upstream's first event
-        seen["before the first event"] = list(transport_of["t"].writes)
+        seen["before the first event"] = list(current["transport"].writes)
         await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    transport_of = {}
-    original = Recording.__init__
-
-    def keep(self):
-        original(self)
-        transport_of["t"] = self
-    Recording.__init__ = keep
-    try:
-        transport = served(stream, GET)
-    finally:
-        Recording.__init__ = original
+    transport = served(stream, GET)
     assert len(seen["before the first event"]) == 1 and seen["before the first event"][0].startswith(b"HTTP/1.1 200")
     assert b"".join(transport.writes[1:]) == b"9\r\ndata: 1\n\n\r\n0\r\n\r\n"
 
@@ -118,39 +114,20 @@ def test_across_a_real_socket_the_client_gets_head_and_body(gateway, proxy_clien
 def test_a_head_answer_held_at_shutdown_is_sent_before_the_connection_closes():
     """A HEAD answer is complete with its head alone (held): a shutdown in the same loop turn closes
     the connection through the same hold, so the head goes first."""
-    async def head_then_shutdown():
-        config = uvicorn.Config(answer, http=OneWriteProtocol, lifespan="off", log_level="warning")
-        config.load()
-        protocol = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
-        transport = Recording()
-        protocol.connection_made(transport)
-        protocol.data_received(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    async def shut_down_in_the_same_turn(protocol):
         while not protocol.cycle.response_complete:
             await asyncio.sleep(0)
-        protocol.shutdown()  # before the turn ends
-        await asyncio.sleep(0.05)
-        return transport
-    transport = asyncio.run(head_then_shutdown())
+        protocol.shutdown()
+    transport = served(answer, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", shut_down_in_the_same_turn)
     assert transport.closed and len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK")
 
 
 def test_a_400_the_protocol_writes_itself_does_not_overtake_a_held_head():
     """Bytes that are not HTTP, read while an answer's head is held, get uvicorn's 400 after it."""
-    connection = {}
-
     async def interrupted(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        connection["protocol"].data_received(b"\x00\x01 not http\r\n\r\n")  # read in the same turn
+        current["protocol"].data_received(b"\x00\x01 not http\r\n\r\n")  # read in the same turn
         await send({"type": "http.response.body", "body": b"{}"})
 
-    async def run():
-        config = uvicorn.Config(interrupted, http=OneWriteProtocol, lifespan="off", log_level="warning")
-        config.load()
-        protocol = connection["protocol"] = OneWriteProtocol(config, uvicorn.server.ServerState(), app_state={})
-        transport = Recording()
-        protocol.connection_made(transport)
-        protocol.data_received(GET)
-        await asyncio.sleep(0.05)
-        return transport
-    written = b"".join(asyncio.run(run()).writes)
+    written = b"".join(served(interrupted, GET).writes)
     assert written.startswith(b"HTTP/1.1 200 OK") and b"400 Bad Request" in written

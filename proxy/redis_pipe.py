@@ -9,9 +9,9 @@ gathers meanwhile goes in one write when the answers are in: a loopback write co
 syscall on a VM, and the calls gathered would wait on Redis anyway. Alone, a call is written in its
 loop turn. A call that is not answered within the timeout aborts the connection and fails every
 call waiting on it (their answers can no longer be matched); the next call reconnects. A posted
-call (a settlement) has no future and no timer: its answer goes to a callback.
+call (a settlement, a cache store) has no future: its answer goes to a callback.
 
-One timer per connection watches the oldest call still awaited (answers come in order, so it is the
+One timer per connection watches the oldest call still waited for (answers come in order, so it is the
 first that can be late); a timer per call cost more than the rest of the call. A timeout is Redis'
 silence, not the loop's lateness: under a burst one loop turn can take longer than the timeout, and
 an answer that arrived meanwhile sits unread. So the timer, when a call is late, looks again two
@@ -77,7 +77,7 @@ class _Protocol(asyncio.Protocol):
         self.transport = None
         self.lost = self.timed_out = False
         self.replies = 0  # answers read so far: whether Redis spoke while the watch looked again
-        self.watch = None  # the timer on the oldest awaited call
+        self.watch = None  # the timer on the oldest call still waited for
         self.extended = 0.0  # a late call's deadline moved here when Redis was answering (a long queue)
         self.scripts: set[str] = set()  # the SHA1s of the scripts sent whole on this connection
         self.buffer: list[bytes] = []  # packed commands not written yet

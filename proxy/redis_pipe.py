@@ -38,6 +38,22 @@ class RedisError(Exception):
     """An error reply (the command reached Redis and was refused)."""
 
 
+def lost_script(error: BaseException | None) -> bool:
+    """Redis restarted or flushed its scripts (an EVALSHA refused): the script must go whole."""
+    return isinstance(error, RedisError) and str(error).startswith("NOSCRIPT")
+
+
+_background: set[asyncio.Task] = set()  # kept so that none is collected before it ends
+
+
+def in_background(work) -> asyncio.Task:
+    """work (a coroutine) on a task of the running loop that nobody awaits."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
 class Script:
     def __init__(self, text: str):
         self.text = text
@@ -205,7 +221,7 @@ class Pipe:
         try:
             return await self.send("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
         except RedisError as exc:
-            if not str(exc).startswith("NOSCRIPT"):  # Redis restarted or flushed its scripts: send it whole
+            if not lost_script(exc):
                 raise
             return await self.call("EVAL", script.text, len(keys), *keys, *args)
 

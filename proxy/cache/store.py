@@ -4,7 +4,6 @@ The request path uses the async get/put (one Redis round trip each); stats() and
 the management API and /metrics (sync, off the request path). A Redis that fails is remembered
 for BACKOFF_S: meanwhile get/put raise StoreDown at once, so requests go on uncached quickly.
 """
-import asyncio
 import logging
 import threading
 import time
@@ -12,7 +11,7 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from proxy.redis_pipe import RedisError, Script, loop_pipe
+from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
@@ -164,10 +163,8 @@ class RedisStore(SyncRedis):
     def _posted(self, answer, error, key, value, ttl):
         if error is None:
             return
-        if isinstance(error, RedisError) and str(error).startswith("NOSCRIPT"):  # Redis lost its scripts
-            task = asyncio.get_running_loop().create_task(self._put_quietly(key, value, ttl))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
+        if lost_script(error):
+            in_background(self._put_quietly(key, value, ttl))
             return
         try:
             self._down(error)
@@ -196,9 +193,6 @@ class RedisStore(SyncRedis):
 
 
 _current: tuple | None = None
-
-
-_tasks: set = set()  # stores re-sent whole after NOSCRIPT
 
 
 def _retrieved(future):

@@ -19,7 +19,7 @@ from collections import deque
 
 from django.conf import settings
 
-from proxy.redis_pipe import RedisError, Script, loop_pipe
+from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,8 @@ class RedisCounters(SyncRedis):
     def _settled(self, answer, error, items, hold_id, tracked):
         if error is None:
             self._spent(items)
-        elif isinstance(error, RedisError) and str(error).startswith("NOSCRIPT"):  # Redis lost its scripts
-            _on_task(settle_or_defer(self, items, hold_id, tracked))
+        elif lost_script(error):
+            in_background(settle_or_defer(self, items, hold_id, tracked))
         else:
             try:
                 self._down(error)
@@ -395,19 +395,10 @@ def _settle_args(items, hold_id: str, tracked: int) -> list:
     return args
 
 
-_tasks: set[asyncio.Task] = set()  # settlements in flight on tasks (kept so none is collected early)
-
-
 def settle_soon(backend, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
     """A request's settlement, off its path: posted to Redis when it can be, else on a task."""
     if backend is local or not backend.settle_soon(items, hold_id, tracked):
-        _on_task(settle_or_defer(backend, items, hold_id, tracked))
-
-
-def _on_task(settling):
-    task = asyncio.get_running_loop().create_task(settling)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+        in_background(settle_or_defer(backend, items, hold_id, tracked))
 
 
 async def settle_or_defer(backend, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):

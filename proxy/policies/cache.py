@@ -8,7 +8,6 @@ blocks, server tools, citations), which an entry in the internal form would sile
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from django.conf import settings
 
 from proxy.cache import keys
 from proxy.cache import store as stores
+from proxy.redis_pipe import in_background
 from proxy.providers.base import ClientError
 
 from . import Answer, Exchange, Policy
@@ -59,7 +59,6 @@ class CachePolicy(Policy):
     def __init__(self, mode: str, store=None, semantic=None):
         self.mode = mode
         self._store, self._semantic = store, semantic
-        self.tasks: set[asyncio.Task] = set()  # answers being stored in Redis (kept so none is collected early)
         if mode == "semantic" and semantic is None:
             from proxy.cache.semantic import embedder
 
@@ -169,11 +168,8 @@ class CachePolicy(Policy):
         if store.backend == "redis" and self.mode == "exact":  # the answer does not wait for Redis' round
             # trip: posted with the next write (this process's next lookup goes after it), else on a
             # task; a paraphrase needs the semantic index, awaited below.
-            if store.post_put(state.key, value, state.ttl):
-                return
-            task = asyncio.get_running_loop().create_task(self._put(store, state, ex.call.chat, value))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            if not store.post_put(state.key, value, state.ttl):
+                in_background(self._put(store, state, ex.call.chat, value))
         else:
             await self._put(store, state, ex.call.chat, value)
 

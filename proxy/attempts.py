@@ -221,6 +221,7 @@ class Attempts:
 
 async def send(call, trace) -> upstream.Reply:
     """The one-body answer of the first target that gives one."""
+    await call.pass_gate()  # before the walk: a refusal is the answer, whichever target would serve
     walk = Attempts(call, trace, is_stream=False)
     try:
         async with aclosing(walk.calls()) as calls:
@@ -252,6 +253,7 @@ async def stream(relay, start_response):
     """Opens the stream of the first target that starts one with real content, holding its first
     events back until then (an error may come inside a 200 stream's first events); then the relay
     streams the rest unbuffered. Returns the relay's in-band failure, if any."""
+    await relay.call.pass_gate()
     walk = Attempts(relay.call, relay.trace, is_stream=True)
     try:
         async with aclosing(walk.calls()) as calls:

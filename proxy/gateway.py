@@ -32,6 +32,14 @@ class Call:
     reply_body: dict | None = None
     plan: "attempts.Plan | None" = None  # the routing policy's targets, when one governs the request
     attempts: int = 0  # upstream calls made
+    gate: object = None  # a policy's check still in flight (the limits' reservation): an async callable
+
+    async def pass_gate(self):
+        """Waits for the check a policy left in flight, once: raises its refusal. Nothing reaches
+        the provider, nor a policy's own answer the client, before it passes."""
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            await gate()
 
     def native_reply(self) -> dict:
         return {**self.reply_body, "model": self.route.client_model}
@@ -142,7 +150,7 @@ async def _send(call: Call, trace: Trace) -> upstream.Reply:
     call.attempts = 1
     started = time.perf_counter()
     try:
-        reply = await upstream.send(call.provider, call.request)
+        reply = await upstream.send(call.provider, call.request, gate=call.pass_gate if call.gate else None)
     except UpstreamError as err:
         attempts.note(trace, call.route, attempts.condition(err), (time.perf_counter() - started) * 1000, str(err))
         raise
@@ -192,7 +200,8 @@ class StreamRelay:
             self.call.attempts = 1
             started = time.perf_counter()
             try:
-                async with upstream.stream(self.call.provider, self.call.request) as (ttfb, events):
+                gate = self.call.pass_gate if self.call.gate else None
+                async with upstream.stream(self.call.provider, self.call.request, gate=gate) as (ttfb, events):
                     attempts.note(self.trace, self.call.route, 200, ttfb * 1000)
                     failure = await self.pump(ttfb, 0.0, events, start_response)
             except UpstreamError as err:

@@ -225,6 +225,19 @@ class Pipe:
                 raise
             return await self.call("EVAL", script.text, len(keys), *keys, *args)
 
+    def start(self, script: Script, keys: list, args: list) -> asyncio.Future | None:
+        """The script's answer's future, its command written at once when no write waits for an
+        answer (else gathered, as a call is): the caller goes on with its work while Redis answers
+        (the limits' reservation, while the upstream request is built). None, and nothing sent, when
+        the connection is not open or has not loaded the script (script() does both)."""
+        proto = self.proto
+        if proto is None or proto.lost or script.sha not in proto.scripts:
+            return None
+        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        if proto.unanswered <= 0:
+            proto.write()
+        return future
+
     def post(self, script: Script, keys: list, args: list, then, *payload) -> bool:
         """The script run with nobody awaiting it (a settlement): written lazily, as a lazy call is,
         and its answer or failure given to then(answer, error, *payload). False, and nothing sent,

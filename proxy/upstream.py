@@ -5,6 +5,7 @@ transport is aiohttp's (httpx-aiohttp), which holds up (see the core issue's
 measurements and bench/).
 """
 import asyncio
+import contextvars
 import errno
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,6 +32,18 @@ class _Connector(aiohttp.TCPConnector):
         return protocol
 
 
+_gate: contextvars.ContextVar = contextvars.ContextVar("gate", default=None)
+
+
+async def _after_gate(request, handler):
+    """aiohttp's middleware: the call's gate (a policy's check in flight, see post_json) is passed
+    once aiohttp has built the request, before a connection is taken or a byte sent."""
+    gate = _gate.get()
+    if gate is not None:
+        await gate()
+    return await handler(request)
+
+
 class UpstreamClient(httpx.AsyncClient):
     """The shared client. Provider calls go straight to its transport.
 
@@ -54,13 +67,22 @@ class UpstreamClient(httpx.AsyncClient):
     def _session() -> aiohttp.ClientSession:
         connector = _Connector(limit=settings.SMARTFLOW_UPSTREAM_MAX_CONNECTIONS,
                                limit_per_host=0, keepalive_timeout=30)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                     middlewares=(_after_gate,))
 
-    async def post_json(self, url: str, headers: dict[str, str], body: dict) -> httpx.Response:
+    async def post_json(self, url: str, headers: dict[str, str], body: dict, gate=None) -> httpx.Response:
         """Sends the request and returns once the headers are in; the body streams.
 
-        A call that failed without reaching the provider is sent once more.
+        A call that failed without reaching the provider is sent once more. gate: an async callable
+        awaited (once passed, a no-op) after the request is built and before it is sent, whose
+        exception (a refusal) is raised as it is: Redis answers a reservation meanwhile.
         """
+        if gate is not None:
+            token = _gate.set(gate)
+            try:
+                return await self.post_json(url, headers, body)
+            finally:
+                _gate.reset(token)
         parsed = self._urls.get(url)
         if parsed is None:
             if len(self._urls) > 1000:
@@ -155,14 +177,15 @@ def _failure(provider: Provider, exc: Exception) -> UpstreamError:
     return UpstreamError("unavailable", f"{name}: the call to the provider failed ({type(cause).__name__}).")
 
 
-async def send(provider: Provider, req: UpstreamRequest, timeout: float | None = None) -> Reply:
+async def send(provider: Provider, req: UpstreamRequest, timeout: float | None = None, gate=None) -> Reply:
     """A non-streaming call; raises UpstreamError for transport failures and HTTP errors.
 
-    timeout: seconds left for it (a routing policy's later attempts), at most the setting's."""
+    timeout: seconds left for it (a routing policy's later attempts), at most the setting's.
+    gate: passed before the request is sent (post_json)."""
     started = time.perf_counter()
     try:
         async with asyncio.timeout(_seconds(timeout)):
-            response = await client().post_json(req.url, req.headers, req.body)
+            response = await client().post_json(req.url, req.headers, req.body, gate)
             ttfb = time.perf_counter() - started
             try:
                 raw = await response.aread()
@@ -185,7 +208,7 @@ def _seconds(timeout: float | None) -> float:
 
 
 @asynccontextmanager
-async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None = None):
+async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None = None, gate=None):
     """A streaming call: yields (ttfb seconds, async iterator of parsed events).
 
     HTTP errors before the body raise UpstreamError; failures while reading
@@ -198,7 +221,7 @@ async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout_at(deadline):
-                response = await client().post_json(req.url, req.headers, req.body)
+                response = await client().post_json(req.url, req.headers, req.body, gate)
                 stack.push_async_callback(response.aclose)
                 if response.status_code >= 400:
                     body = _decode(await response.aread())

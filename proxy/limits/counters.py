@@ -102,6 +102,9 @@ class MemoryCounters:
                 out.append((hold, slot[0] + slot[1]))
             return out
 
+    def start(self, counters: list[Counter], hold_id: str = ""):
+        return None  # in process, reserve() takes no time to answer: nothing to go on with meanwhile
+
     async def settle(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
         """(key, held, used, ttl) each: the reservation released, what was used counted."""
         self.apply(items)
@@ -289,14 +292,41 @@ class RedisCounters(SyncRedis):
         """As MemoryCounters.reserve; with a hold id the holds stop counting 1 to 1.25 hold_life()s
         later unless settled first (a process killed mid-request frees its holds)."""
         self._check()
-        args = []
-        for c in counters:
-            args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
-        args += [hold_id, hold_life()]
         try:
-            answer = await self._pipe().script(_RESERVE, [c.key for c in counters], args)
+            answer = await self._pipe().script(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
+        return self._outcome(counters, answer)
+
+    def start(self, counters: list[Counter], hold_id: str = "") -> asyncio.Future | None:
+        """reserve() begun and not awaited: the future of Redis' answer, for finish(). The request
+        goes on with its work while Redis answers. None when it cannot begin so (backing off, no
+        connection yet, the script not loaded on it): then reserve()."""
+        if time.monotonic() < self.down_until:
+            return None
+        return self._pipe().start(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
+
+    async def finish(self, counters: list[Counter], hold_id: str, answer: asyncio.Future) -> list[tuple[int, int]]:
+        """What reserve() returns or raises, from start()'s future. The future is shielded: a request
+        cancelled while it waits leaves the answer to whoever settles its holds."""
+        try:
+            reply = answer.result() if answer.done() else await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if lost_script(exc):  # Redis restarted or flushed its scripts: nothing was reserved
+                return await self.reserve(counters, hold_id)
+            self._down(exc)
+        return self._outcome(counters, reply)
+
+    def outcome(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]] | None:
+        """The holds start()'s finished future made, without raising: None when it made none (refused,
+        failed or cancelled)."""
+        if answer.cancelled() or answer.exception() is not None or answer.result()[0] == 0:
+            return None
+        return self._outcome(counters, answer.result())
+
+    def _outcome(self, counters: list[Counter], answer) -> list[tuple[int, int]]:
         if answer[0] == 0:
             index, used = int(answer[1]), int(answer[3])
             self._saw(counters[index], used)
@@ -385,6 +415,14 @@ class RedisCounters(SyncRedis):
             pipe.hget(key, "used")
         return [int(v or 0) for v in pipe.execute()]
 
+
+
+def _reserve_args(counters: list[Counter], hold_id: str) -> list:
+    args = []
+    for c in counters:
+        args += [-1 if c.limit is None else c.limit, c.need, c.hold, c.use, c.ttl]
+    args += [hold_id, hold_life()]
+    return args
 
 
 def _settle_args(items, hold_id: str, tracked: int) -> list:

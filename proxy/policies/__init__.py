@@ -14,6 +14,13 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
                     reads the exchange (``reads_only``: the limits): the two wait on Redis at
                     once, not one after the other. Shows the client and the trace nothing; its
                     read is dropped when the earlier policy refuses.
+- A request phase may leave a check in flight instead of waiting for it: ``ex.call.gate``, an
+                    async callable (the limits' reservation, while Redis answers). It is passed
+                    before the next policy's request phase, before a policy's answer is sent, and
+                    otherwise just before the provider is called (once aiohttp has built the
+                    request): the gateway's own work overlaps the round trip. Its refusal is the
+                    request's answer. A gate never passed (the request failed first) is the
+                    policy's to clean up in its log phase.
 - ``chunk(ex, c)``  each chunk of a streamed answer, in the internal OpenAI chunk form, before
                     the client's format writes it; returns the chunk (changed or not) or None
                     (held back). A native pass-through stream (an Anthropic client served
@@ -121,11 +128,15 @@ class Chain:
         return True
 
     async def request(self, ex: Exchange) -> Answer | None:
+        call = ex.call
         for policy, lookahead in self.steps:
             if lookahead is not None:
                 lookahead(ex)
+            if call.gate is not None:  # an earlier policy's check, passed before this one runs
+                await call.pass_gate()
             answer = await policy.request(ex)
             if answer is not None:
+                await call.pass_gate()
                 return answer
         return None
 

@@ -1,9 +1,10 @@
 """Budgets and rate limits: reserve before the call, settle to what was used after.
 
-Runs first in the chain, before the cache: a cache hit counts against the request rate, and its
+Runs after the guardrails and before the cache: a cache hit counts against the request rate, and its
 token and budget reservations are released in the log phase (nothing was used).
 
-Request phase (one counters call, atomic): rpm counts the request; tpm refuses when the prompt
+Request phase (one counters call, atomic; on Redis it is not waited for here but left in flight as
+the call's gate, passed before the cache's phase or just before the provider is called): rpm counts the request; tpm refuses when the prompt
 estimate alone exceeds what is left of the minute and holds prompt + output cap; a budget
 refuses when the period's spend (settled plus held) has reached the cap and holds the worst
 case cost (of the dearest target a routing policy may fail over to). Redis holds expire if never
@@ -20,6 +21,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 
@@ -48,6 +50,8 @@ class Held:
     spend_ttl: int = 0
     hold_id: str = ""  # the holds' id in Redis (they expire unless settled)
     unlimited: tuple | None = None  # (key id, team id, period): no limit at all, spend keys made if it cost
+    answer: object = None  # the future of Redis' answer to the reservation, while the request goes on
+    when: tuple = ()  # (window, now, rollover): what a refusal tells
 
 
 class LimitsPolicy(Policy):
@@ -83,12 +87,28 @@ class LimitsPolicy(Policy):
         rows, kinds, spend_keys, period_ttl = self._rows(principal, lim, window, period_id)
         amounts = {"requests": (1, 0, 1), "tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
         counters = [Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl in rows]
-        held = Held(None, counters, kinds, [0] * len(counters), prompt, spend_keys, period_ttl, ex.trace.id)
         backend = store.current()
+        held = Held(backend, counters, kinds, None, prompt, spend_keys, period_ttl, ex.trace.id, when=(window, now, rollover))
+        held.answer = backend.start(counters, held.hold_id)
+        if held.answer is None:
+            return await self._check(ex, held)
+        # Redis answers while the request goes on (the rest of the chain, the upstream request built):
+        # the gate is passed before the next policy runs or the provider is called.
+        ex.state["limits"] = held  # its holds settled in the log phase, even if the gate is never passed
+        ex.call.gate = partial(self._check, ex, held)
+        return None
+
+    async def _check(self, ex: Exchange, held: Held) -> None:
+        """The reservation's outcome: its holds kept and their headers set, or its refusal raised."""
+        principal, counters, kinds, backend = ex.principal, held.counters, held.kinds, held.backend
         try:
             try:
-                results = await backend.reserve(counters, held.hold_id)
+                if held.answer is not None:
+                    results = await backend.finish(counters, held.hold_id, held.answer)
+                else:
+                    results = await backend.reserve(counters, held.hold_id)
             except CountersDown:
+                ex.state.pop("limits", None)  # nothing reserved on Redis
                 if settings.SMARTFLOW_LIMITS_FAIL != "open":
                     raise ClientError("Rate limits cannot be checked right now (the limits store is "
                                       "unavailable); retry shortly.", status=503, type="api_error",
@@ -97,10 +117,10 @@ class LimitsPolicy(Policy):
                 backend = store.local  # fail open: served, counted in this process
                 results = await backend.reserve(counters)
         except Refused as refused:
+            ex.state.pop("limits", None)
             ex.out.update(self._headers(counters, kinds, None, refused))
             kind, who = kinds[refused.index]
-            err = self._refusal(principal, counters[refused.index], kind, who, refused, prompt,
-                                window, now, rollover)
+            err = self._refusal(principal, counters[refused.index], kind, who, refused, held.prompt, *held.when)
             if err.retry_after is None or err.retry_after > 60:
                 ex.out["x-should-retry"] = "false"  # the SDKs' own retries would only be refused again
             raise err from None
@@ -109,7 +129,6 @@ class LimitsPolicy(Policy):
         held.backend, held.held = backend, [h for h, _ in results]
         ex.state["limits"] = held  # settled in the log phase, whatever happens next
         ex.out.update(self._headers(counters, kinds, results, None))
-        return None
 
     def _rows(self, principal, lim: limits.Limits, window: int, period_id: str):
         """(key, limit, kind, ttl) of each counter a key's request counts against in this window and
@@ -242,8 +261,20 @@ class LimitsPolicy(Policy):
         held = ex.state.get("limits")
         if held is None:  # the master key, refused, or failed before the limits
             return
-        trace = ex.trace
-        tokens, cost = used(trace, held.prompt)
+        if held.held is None:  # the request ended before it waited for Redis (no upstream call): its
+            held.answer.add_done_callback(partial(self._unwaited, held))  # holds go when Redis answers
+            return
+        self._settle(held, *used(ex.trace, held.prompt))
+
+    def _unwaited(self, held: Held, answer):
+        results = held.backend.outcome(held.counters, answer)
+        if results is not None:
+            held.held = [h for h, _ in results]
+            self._settle(held, 0, 0)
+
+    @staticmethod
+    def _settle(held: Held, tokens: int, cost: int):
+        """The holds swapped for what was used (tokens, nano-USD), the spend counted."""
         items, untracked = [], []  # reserved under the hold id first (Redis counts those once)
         for counter, (kind, _), amount in zip(held.counters, held.kinds, held.held):
             if kind != "requests":

@@ -225,7 +225,7 @@ def test_an_unexpected_upstream_error_never_shows_the_provider_key(gateway, prox
     """Regression: the trace kept repr(err) of an aiohttp error, whose request headers carry x-api-key."""
     set_provider_key(provider, key)
 
-    async def failing_post(self, url, headers, body):
+    async def failing_post(self, url, headers, body, gate=None):
         info = aiohttp.RequestInfo(URL(url), "POST", CIMultiDictProxy(CIMultiDict(headers)), URL(url))
         raise aiohttp.ClientResponseError(info, (), status=500, message=f"bad auth header {headers}")
 

@@ -491,6 +491,70 @@ def test_a_hung_redis_failing_open_serves_no_budget_past_its_last_known_spend_th
     assert [log.status_code for log in logs(gateway, 6)] == [200, 200, 200, 429, 503, 200]
 
 
+def own_counter(url: str, key: str) -> tuple[int, int]:
+    import redis
+
+    fields = redis.Redis.from_url(url).hgetall(key)
+    return int(fields.get(b"used", 0)), sum(int(v) for k, v in fields.items() if k == b"held" or k[:2] == b"b:")
+
+
+def test_a_refusal_that_redis_answers_while_the_request_is_built_never_reaches_the_provider(
+        limited, gateway, own_redis, clock, fake_upstream):
+    """On Redis the reservation is not waited for in the policy: the request is built meanwhile and
+    waits for it just before it is sent. A refusal still sends nothing, a stream included, and
+    answers as a refusal (not an in-band stream error)."""
+    raw, _ = limited(rpm_limit=1)
+    assert post(gateway, raw, chat()).status_code == 200  # loads the script on the gateway's connection
+    r = post(gateway, raw, chat(stream=True))
+    assert r.status_code == 429 and r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["code"] == "rate_limit_exceeded" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    claude = httpx.post(gateway.proxy_url + "/v1/messages", timeout=10, headers={"x-api-key": raw},
+                        json={"model": "claude-sonnet-4-6", "max_tokens": 5,
+                              "messages": [{"role": "user", "content": "hi"}]})
+    assert claude.status_code == 429 and claude.json()["error"]["type"] == "rate_limit_error"
+    assert len(fake_upstream.requests) == 1
+    assert [log.status_code for log in logs(gateway, 3)] == [200, 429, 429]
+
+
+def test_a_request_that_ends_before_it_waits_for_its_reservation_leaves_no_hold(
+        limited, gateway, own_redis, clock, settings, fake_upstream):
+    """A request that fails between its reservation and the upstream call (here aiohttp refuses the
+    URL before the gate), or whose client leaves while Redis is busy answering the reservation:
+    its holds are settled when Redis answers; the request still counts against the rate."""
+    import threading
+
+    import redis
+
+    server, own = own_redis
+    url = own.url
+    raw, team = limited(rpm_limit=100, tpm_limit=100_000)
+    requests, tokens = (window_key(f"t{team.pk}", kind, clock.now) for kind in ("r", "t"))
+    assert post(gateway, raw, chat()).status_code == 200
+    wait_for(lambda: own_counter(url, tokens)[1] == 0)
+    first_use = own_counter(url, tokens)[0]
+    base_urls = settings.SMARTFLOW_BASE_URLS
+    settings.SMARTFLOW_BASE_URLS = {**base_urls, "openai": "ftp://127.0.0.1:9/v1"}
+    r = post(gateway, raw, chat(max_tokens=1000))
+    assert r.status_code >= 500 and r.json()["error"]["message"]
+    wait_for(lambda: own_counter(url, tokens) == (first_use, 0))  # the 1,000 held are released, nothing used
+    settings.SMARTFLOW_BASE_URLS = base_urls
+
+    busy = threading.Thread(target=lambda: redis.Redis.from_url(url).eval(
+        "local s = redis.call('TIME') repeat local n = redis.call('TIME') "
+        "until (n[1] - s[1]) * 1e6 + (n[2] - s[2]) >= 300000 return 1", 0))
+    busy.start()
+    time.sleep(0.05)  # Redis is in the script: the reservation waits for it
+    with pytest.raises(httpx.TimeoutException):
+        post_timeout = httpx.post(gateway.proxy_url + "/v1/chat/completions", json=chat(max_tokens=1000),
+                                  headers={"Authorization": f"Bearer {raw}"}, timeout=0.1)
+        del post_timeout
+    busy.join()
+    wait_for(lambda: own_counter(url, tokens) == (first_use, 0))
+    assert own_counter(url, requests)[0] == 3
+    assert len(fake_upstream.requests) == 1
+    assert [log.status_code for log in logs(gateway, 3)] == [200, r.status_code, 499]
+
+
 @pytest.mark.skipif(not REDIS, reason="two processes share limits through Redis (REDIS_URL)")
 def test_two_gateway_processes_on_one_redis_serve_exactly_the_limit(limited, tmp_path, settings):
     from django.db import connection

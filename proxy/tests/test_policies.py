@@ -4,7 +4,7 @@ import asyncio
 import httpx
 import pytest
 
-from proxy import policies
+from proxy import gateway, policies
 from proxy.policies import Answer, Chain, Exchange, Policy
 from proxy.providers.base import ClientError
 
@@ -28,8 +28,13 @@ class Recorder(Policy):
         self.seen.append((self.name, "log"))
 
 
+class Call:  # what the chain needs of gateway.Call
+    gate = None
+    pass_gate = gateway.Call.pass_gate
+
+
 def exchange():
-    return Exchange(client_format=None, headers={}, principal=None, trace=None)
+    return Exchange(client_format=None, headers={}, principal=None, trace=None, call=Call())
 
 
 def test_phases_run_in_order():
@@ -66,6 +71,43 @@ def test_an_answer_short_circuits_the_later_request_phases():
     chain = Chain([Recorder("a", seen), Recorder("b", seen, answer), Recorder("c", seen)])
     assert asyncio.run(chain.request(exchange())) is answer
     assert seen == [("a", "request"), ("b", "request")]
+
+
+def test_a_gate_is_passed_before_the_next_policy_or_an_answer_and_its_refusal_stops_the_chain():
+    """A policy may leave a check in flight (the limits' reservation): the next request phase, and
+    a policy's answer, wait for it; its refusal is the request's answer."""
+    seen = []
+
+    class Gate(Recorder):
+        def __init__(self, name, seen, refuse=False):
+            super().__init__(name, seen)
+            self.refuse = refuse
+
+        async def request(self, ex):
+            seen.append((self.name, "request"))
+            ex.call.gate = self.check
+
+        async def check(self):
+            await asyncio.sleep(0.01)
+            seen.append((self.name, "gate"))
+            if self.refuse:
+                raise ClientError("refused", status=429)
+
+    answer = Answer({"choices": []})
+    ex = exchange()
+    assert asyncio.run(Chain([Gate("limits", seen), Recorder("cache", seen, answer)]).request(ex)) is answer
+    assert seen == [("limits", "request"), ("limits", "gate"), ("cache", "request")] and ex.call.gate is None
+    seen.clear()
+    ex = exchange()
+    assert asyncio.run(Chain([Recorder("guard", seen), Gate("limits", seen)]).request(ex)) is None
+    assert seen == [("guard", "request"), ("limits", "request")]  # last: left for the upstream call to pass
+    asyncio.run(ex.call.pass_gate())
+    asyncio.run(ex.call.pass_gate())  # once
+    assert seen[-1] == ("limits", "gate") and seen.count(("limits", "gate")) == 1
+    seen.clear()
+    with pytest.raises(ClientError):
+        asyncio.run(Chain([Gate("limits", seen, refuse=True), Recorder("cache", seen, answer)]).request(exchange()))
+    assert seen == [("limits", "request"), ("limits", "gate")]
 
 
 def test_a_held_back_chunk_stops_there():

@@ -69,6 +69,30 @@ def test_calls_made_while_a_write_is_answered_go_together_in_the_next_write(redi
     asyncio.run(main())
 
 
+def test_a_started_script_is_written_at_once_unless_a_write_waits_for_its_answer(redis_server):
+    """start(): the caller goes on working while Redis answers, so its command cannot wait for the
+    end of the loop turn; behind an unanswered write it is gathered as a call is."""
+    _, url = redis_server()
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+
+    async def main():
+        assert Pipe(url, 2, 2).start(script, ["n"], [1]) is None  # not connected: script() connects
+        pipe, writes = await connected(url)
+        assert pipe.start(script, ["n"], [1]) is None and not writes  # not loaded on this connection
+        assert await pipe.script(script, ["n"], [1]) == 1
+        writes.clear()
+        first = pipe.start(script, ["n"], [10])
+        assert len(writes) == 1  # before this coroutine yielded
+        assert await first == 11
+        slow = asyncio.ensure_future(pipe.script(SLOW, [], [100_000]))
+        await asyncio.sleep(0.02)  # written, Redis busy answering it
+        second, third = pipe.start(script, ["n"], [100]), pipe.start(script, ["n"], [1000])
+        assert len(writes) == 2  # held back behind the busy one
+        assert (await slow, await second, await third) == (1, 111, 1111)
+        assert len(writes) == 3  # the two together
+    asyncio.run(main())
+
+
 def test_a_posted_script_answers_its_callback_in_step_with_the_awaited_calls(redis_server):
     _, url = redis_server()
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")

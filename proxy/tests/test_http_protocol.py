@@ -75,6 +75,23 @@ def test_a_complete_answer_is_one_write():
     assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 2" in head and body == b"{}"
 
 
+def test_an_answers_last_write_goes_before_the_app_goes_on_with_its_bookkeeping():
+    """The gateway's handler writes its trace and runs the policies' log phases after the answer's
+    last send, in the same loop turn: the client does not wait for them (a stream's end is a write
+    of its own)."""
+    seen = {}
+
+    async def stream_then_account(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        seen["written"] = b"".join(current["transport"].writes)  # still in the turn of the last send
+
+    served(stream_then_account, GET)
+    assert seen["written"].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+
+
 def test_two_pipelined_requests_get_two_answers_in_order():
     transport = served(answer, GET + GET)
     assert [w.count(b"HTTP/1.1 200 OK") for w in transport.writes] == [1, 1]

@@ -447,14 +447,16 @@ def test_the_cache_api(cached, proxy_client, management_client, client, django_u
 
 
 def test_the_metrics_cache_series_come_from_the_cache(cached, proxy_client, management_client):
+    def series():
+        text = management_client.get("/metrics").text
+        return [next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+                for name in ("smartflow_cache_entries", "smartflow_cache_size_bytes")]
+
     body = chat()
     post(proxy_client, body)
-    text = management_client.get("/metrics").text
-    size = next(float(line.split()[-1]) for line in text.splitlines()
-                if line.startswith("smartflow_cache_size_bytes"))
-    entries = next(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("smartflow_cache_entries"))
-    assert entries == 1 and size == stores.current().stats()["bytes"] > 0
+    # The store reaches Redis with the gateway's next write to it, or within 5 ms: the scrape reads Redis.
+    size = wait_for(lambda: (lambda found: found if found[0] == 1 else None)(series()))[1]
+    assert size == stores.current().stats()["bytes"] > 0
 
 
 def test_cache_meta_with_odd_content_is_stored(db):

@@ -74,6 +74,13 @@ async def timed(n: int, policy: LimitsPolicy | None) -> float:
 
 
 async def main(n: int):
+    import gc
+
+    from smartflow.asgi import GC_YOUNG_THRESHOLD
+
+    gc.collect()  # as the server does at start-up (smartflow/asgi.py)
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
     routing.table._store(routing.load_table())
     keystore.provider_keys._store({"openai": "sk-bench"})
     prices.table._store(prices.load_table())

@@ -18,6 +18,8 @@ import time
 from collections import deque
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
@@ -31,11 +33,25 @@ MAX_SEEN = 100_000  # last-known spends kept per process
 MAX_PENDING = 10_000  # settlements kept for Redis while it is down
 
 
+_life: int | None = None
+
+
 def hold_life() -> int:
     """Seconds a Redis hold outlives its request at most: the longest a request may run (a routing
     policy's attempts together, or one upstream call) plus 5 minutes. A process killed mid-request
-    leaves its holds this long; a stream that runs longer loses its hold (its use still counts)."""
-    return int(max(settings.SMARTFLOW_ROUTING_TIMEOUT, settings.SMARTFLOW_UPSTREAM_TIMEOUT)) + 300
+    leaves its holds this long; a stream that runs longer loses its hold (its use still counts).
+    Read from the settings once (twice a request, each read went through Django's lazy object)."""
+    global _life
+    if _life is None:
+        _life = int(max(settings.SMARTFLOW_ROUTING_TIMEOUT, settings.SMARTFLOW_UPSTREAM_TIMEOUT)) + 300
+    return _life
+
+
+@receiver(setting_changed)
+def _settings_changed(setting, **_):
+    global _life
+    if setting in ("SMARTFLOW_ROUTING_TIMEOUT", "SMARTFLOW_UPSTREAM_TIMEOUT"):
+        _life = None
 
 
 class Counter:
@@ -49,8 +65,9 @@ class Counter:
 
     def __init__(self, key: str, limit: int | None, need: int, hold: int, use: int, ttl: int):
         self.key, self.use, self.ttl = key, use, ttl
-        self.limit = None if limit is None else min(limit, MAX_AMOUNT)
-        self.need, self.hold = min(need, MAX_AMOUNT), min(hold, MAX_AMOUNT)
+        self.limit = limit if limit is None or limit < MAX_AMOUNT else MAX_AMOUNT
+        self.need = need if need < MAX_AMOUNT else MAX_AMOUNT
+        self.hold = hold if hold < MAX_AMOUNT else MAX_AMOUNT
 
     def __eq__(self, other):
         return isinstance(other, Counter) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
@@ -326,22 +343,21 @@ class RedisCounters(SyncRedis):
             return None
         return self._outcome(counters, answer.result())
 
-    def _outcome(self, counters: list[Counter], answer) -> list[tuple[int, int]]:
+    def _outcome(self, counters: list[Counter], answer: list[int]) -> list[tuple[int, int]]:
         if answer[0] == 0:
-            index, used = int(answer[1]), int(answer[3])
-            self._saw(counters[index], used)
-            raise Refused(index, int(answer[2]), used)
-        out = []
-        for c, i in zip(counters, range(1, len(answer), 3)):
-            self._saw(c, int(answer[i + 2]))
-            out.append((int(answer[i]), int(answer[i + 1])))
-        return out
+            index, current, used = answer[1:4]
+            self._saw((counters[index],), (used,))
+            raise Refused(index, current, used)
+        self._saw(counters, answer[3::3])
+        return list(zip(answer[1::3], answer[2::3]))
 
-    def _saw(self, counter: Counter, used: int):
-        if counter.limit is not None:
-            if len(self.seen) >= MAX_SEEN:  # keys carry their period: old ones are dropped wholesale
-                self.seen.clear()
-            self.seen[counter.key] = used
+    def _saw(self, counters, used):
+        seen = self.seen
+        if len(seen) >= MAX_SEEN:  # keys carry their period: old ones are dropped wholesale
+            seen.clear()
+        for counter, amount in zip(counters, used):
+            if counter.limit is not None:
+                seen[counter.key] = amount
 
     def last_used(self, keys: list[str]) -> dict[str, int]:
         """The settled amounts this process last read from Redis, of those keys it has seen."""

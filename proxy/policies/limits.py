@@ -85,8 +85,8 @@ class LimitsPolicy(Policy):
         if lim.has_budget:
             worst = self._worst_case(call, principal, prompt, cap)
         rows, kinds, spend_keys, period_ttl = self._rows(principal, lim, window, period_id)
-        amounts = {"requests": (1, 0, 1), "tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
-        counters = [Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl in rows]
+        amounts = {"tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
+        counters = [same or Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl, same in rows]
         backend = store.current()
         held = Held(backend, counters, kinds, None, prompt, spend_keys, period_ttl, ex.trace.id, when=(window, now, rollover))
         held.answer = backend.start(counters, held.hold_id)
@@ -131,9 +131,10 @@ class LimitsPolicy(Policy):
         ex.out.update(self._headers(counters, kinds, results, None))
 
     def _rows(self, principal, lim: limits.Limits, window: int, period_id: str):
-        """(key, limit, kind, ttl) of each counter a key's request counts against in this window and
-        period, the (kind, scope) of each, the spend keys counted without a budget and their ttl: the
-        same for every request of the key in a window, so made once per key and window."""
+        """(key, limit, kind, ttl, the Counter itself when every request has the same: rpm's) of each
+        counter a key's request counts against in this window and period, the (kind, scope) of each,
+        the spend keys counted without a budget and their ttl: the same for every request of the key
+        in a window, so made once per key and window."""
         prefix = limits.key_prefix()
         cached = (principal.key_id, principal.team_id, lim, window, period_id, prefix)
         found = self.rows.get(cached)
@@ -146,14 +147,15 @@ class LimitsPolicy(Policy):
                 ("team", f"t{principal.team_id}", lim.team_rpm, lim.team_tpm, lim.team_budget)):
             base = f"{prefix}:{scope}"
             if rpm is not None:
-                rows.append((f"{base}:r:{window}", rpm, "requests", window_ttl))
+                key = f"{base}:r:{window}"
+                rows.append((key, rpm, "requests", window_ttl, Counter(key, rpm, 1, 0, 1, window_ttl)))
                 kinds.append(("requests", who))
             if tpm is not None:
-                rows.append((f"{base}:t:{window}", tpm, "tokens", window_ttl))
+                rows.append((f"{base}:t:{window}", tpm, "tokens", window_ttl, None))
                 kinds.append(("tokens", who))
             spend = limits.spend_key(scope, period_id, prefix)
             if budget is not None:
-                rows.append((spend, limits.nano(budget), "spend", period_ttl))
+                rows.append((spend, limits.nano(budget), "spend", period_ttl, None))
                 kinds.append(("spend", who))
             else:
                 spend_keys.append(spend)

@@ -107,6 +107,22 @@ def validate(body) -> dict:
 _ANY_BYTE = re2.compile(r"(?:^|[^\\])(?:\\\\)*\\C")  # \C, not an escaped backslash before a C
 
 
+def _any_character(pattern: str) -> str:
+    r"""The pattern with each \C (any byte) read as any character: validate() refuses \C, but a policy
+    stored before it did would raise on the first prompt a match ends inside a character of."""
+    if "\\C" not in pattern:
+        return pattern
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "\\" and i + 1 < len(pattern):
+            out.append("(?s:.)" if pattern[i + 1] == "C" else pattern[i:i + 2])
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out)
+
+
 def _longest(pattern: str) -> int:
     """The longest text the pattern can match, capped at MAX_SPAN (what a stream holds back). Python's
     parser reads "{,n}" as 0 to n repeats, RE2 as the literal text: where they may differ, the cap."""
@@ -153,7 +169,8 @@ class Rule:
         if kind == "pii":
             span = max(SPANS[e] for e in entities)
         elif kind == "regex":
-            pattern, span = re2.compile(policy["pattern"]), _longest(policy["pattern"])
+            source = _any_character(policy["pattern"])
+            pattern, span = re2.compile(source), _longest(source)
         elif kind == "keywords":
             pattern, span = re2.compile(_keywords(policy["words"])), max(len(w) for w in policy["words"])
         return cls(policy["name"], kind, policy["action"], policy["on"], entities, frozenset(policy["teams"]),

@@ -516,6 +516,22 @@ def test_a_refusal_that_redis_answers_while_the_request_is_built_never_reaches_t
     assert [log.status_code for log in logs(gateway, 3)] == [200, 429, 429]
 
 
+def test_a_reservation_left_in_flight_when_redis_lost_its_scripts_is_made_once(
+        limited, gateway, own_redis, clock, fake_upstream):
+    """The reservation goes as EVALSHA without being waited for; Redis having flushed its scripts
+    refuses it (nothing reserved), and it is made again whole: counted once, not twice or never."""
+    import redis
+
+    server, own = own_redis
+    raw, team = limited(rpm_limit=100, tpm_limit=100_000)
+    requests = window_key(f"t{team.pk}", "r", clock.now)
+    assert post(gateway, raw, chat()).status_code == 200
+    redis.Redis.from_url(own.url).script_flush()
+    assert post(gateway, raw, chat()).status_code == 200
+    assert own_counter(own.url, requests)[0] == 2
+    assert [log.status_code for log in logs(gateway, 2)] == [200, 200]
+
+
 def test_a_request_that_ends_before_it_waits_for_its_reservation_leaves_no_hold(
         limited, gateway, own_redis, clock, settings, fake_upstream):
     """A request that fails between its reservation and the upstream call (here aiohttp refuses the

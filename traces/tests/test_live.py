@@ -128,3 +128,7 @@ def test_pushes_go_on_if_their_loop_ever_stops(monkeypatch):
     push(2)
     wait_for(lambda: sent == ["p1", "p2"])
     assert live._own_thread is not thread and live._own_thread.is_alive()
+    for task in asyncio.all_tasks(loop):  # the stuck push, on the stopped loop: ended, not left to the GC
+        task.cancel()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()

@@ -115,6 +115,12 @@ def _any_character(pattern: str) -> str:
     out, i = [], 0
     while i < len(pattern):
         if pattern[i] == "\\" and i + 1 < len(pattern):
+            if pattern[i + 1] == "Q":  # \Q...\E is literal text: kept as it is
+                end = pattern.find("\\E", i + 2)
+                end = len(pattern) if end < 0 else end + 2
+                out.append(pattern[i:end])
+                i = end
+                continue
             out.append("(?s:.)" if pattern[i + 1] == "C" else pattern[i:i + 2])
             i += 2
         else:

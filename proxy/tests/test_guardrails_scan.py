@@ -380,3 +380,15 @@ def test_the_scans_matches_are_the_re2_bindings_own(text):
 
     for pattern in (VALUES, INJECTIONS, ENCODED):
         assert list(spans(pattern, text)) == [(m.lastindex, m.start(), m.end()) for m in pattern.finditer(text)]
+
+
+@pytest.mark.parametrize("stored, applied", [
+    (r"secret\C\d", r"secret(?s:.)\d"),
+    (r"\C\C", r"(?s:.)(?s:.)"),
+    (r"a\\C", r"a\\C"),  # an escaped backslash, then the letter C
+    (r"x\\\C", r"x\\(?s:.)"),
+    (r"\Q\C\E\C", r"\Q\C\E(?s:.)"),  # literal text between \Q and \E stays literal
+    ("plain", "plain"),
+])
+def test_a_stored_any_byte_is_applied_as_any_character(stored, applied):
+    assert R._any_character(stored) == applied

@@ -33,13 +33,22 @@ class Call:
     plan: "attempts.Plan | None" = None  # the routing policy's targets, when one governs the request
     attempts: int = 0  # upstream calls made
     gate: object = None  # a policy's check still in flight (the limits' reservation): an async callable
+    gate_s: float = 0.0  # how long the upstream call waited for it (gateway time, not the provider's)
 
     async def pass_gate(self):
         """Waits for the check a policy left in flight, once: raises its refusal. Nothing reaches
         the provider, nor a policy's own answer the client, before it passes."""
         gate, self.gate = self.gate, None
-        if gate is not None:
+        if gate is None:
+            return
+        started = time.perf_counter()
+        try:
             await gate()
+        except ClientError:
+            self.attempts = 0  # refused inside the upstream call: nothing was sent
+            raise
+        finally:
+            self.gate_s = time.perf_counter() - started
 
     def native_reply(self) -> dict:
         return {**self.reply_body, "model": self.route.client_model}
@@ -152,10 +161,16 @@ async def _send(call: Call, trace: Trace) -> upstream.Reply:
     try:
         reply = await upstream.send(call.provider, call.request, gate=call.pass_gate if call.gate else None)
     except UpstreamError as err:
-        attempts.note(trace, call.route, attempts.condition(err), (time.perf_counter() - started) * 1000, str(err))
+        attempts.note(trace, call.route, attempts.condition(err), _since(started, call), str(err))
         raise
-    attempts.note(trace, call.route, 200, (time.perf_counter() - started) * 1000)
+    attempts.note(trace, call.route, 200, _since(started, call))
+    reply.ttfb_s -= call.gate_s
     return reply
+
+
+def _since(started: float, call: Call) -> float:
+    """Milliseconds of an upstream call begun at started, without its wait for the call's gate."""
+    return (time.perf_counter() - started - call.gate_s) * 1000
 
 
 async def complete(call: Call, trace: Trace) -> dict:
@@ -202,12 +217,13 @@ class StreamRelay:
             try:
                 gate = self.call.pass_gate if self.call.gate else None
                 async with upstream.stream(self.call.provider, self.call.request, gate=gate) as (ttfb, events):
+                    ttfb -= self.call.gate_s  # the wait for the gate is the gateway's, not the provider's
                     attempts.note(self.trace, self.call.route, 200, ttfb * 1000)
                     failure = await self.pump(ttfb, 0.0, events, start_response)
             except UpstreamError as err:
                 if self.writer is None:  # before the stream began: the caller answers with the error
                     attempts.note(self.trace, self.call.route, attempts.condition(err),
-                                  (time.perf_counter() - started) * 1000, str(err))
+                                  _since(started, self.call), str(err))
                 raise
         # The upstream connection is closed by now; the last write ends the response.
         if failure is not None:

@@ -86,6 +86,43 @@ class _Posted:
             log.exception("redis: handling a posted command's answer failed")
 
 
+class _Whole:
+    """A started script's place among the awaited ones: its answer goes to future, unless Redis has
+    lost its scripts (NOSCRIPT), when the script goes again whole and that answer goes there. So the
+    one future a caller holds is the outcome whatever happened (a caller gone meanwhile leaves it to
+    whoever settles what it made)."""
+
+    __slots__ = ("future", "pipe", "proto", "command")
+
+    def __init__(self, future: asyncio.Future, pipe: "Pipe", proto: "_Protocol", command: tuple):
+        self.future, self.pipe, self.proto, self.command = future, pipe, proto, command
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply):
+        if not self.future.done():
+            self.future.set_result(reply)
+
+    def set_exception(self, error: BaseException):
+        if self.future.done():
+            return
+        if lost_script(error) and not self.proto.lost:
+            script, keys, args = self.command
+            again = self.pipe._send(self.proto, ("EVAL", script.text, len(keys), *keys, *args))
+            again.add_done_callback(self._again)
+        else:
+            self.future.set_exception(error)
+
+    def _again(self, again: asyncio.Future):
+        if self.future.done() or again.cancelled():
+            return
+        if again.exception() is not None:
+            self.future.set_exception(again.exception())
+        else:
+            self.future.set_result(again.result())
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self):
         self.reader = hiredis.Reader()
@@ -188,10 +225,10 @@ class Pipe:
         settlement nobody waits for) rides along with the next write, or goes within LAZY_S."""
         return self._send(self.proto, args, lazy)
 
-    def _send(self, proto: _Protocol, args: tuple, lazy: bool = False) -> asyncio.Future:
+    def _send(self, proto: _Protocol, args: tuple, lazy: bool = False, place=None) -> asyncio.Future:
         loop = self.loop
         command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited
-        future = loop.create_future()
+        future = loop.create_future() if place is None else place
         deadline = loop.time() + self.timeout
         proto.pending.append((future, deadline))
         if proto.watch is None:
@@ -233,7 +270,9 @@ class Pipe:
         proto = self.proto
         if proto is None or proto.lost or script.sha not in proto.scripts:
             return None
-        future = self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args))
+        future = self.loop.create_future()
+        self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args),
+                   place=_Whole(future, self, proto, (script, keys, args)))
         if proto.unanswered <= 0:
             proto.write()
         return future

@@ -40,6 +40,9 @@ async def _after_gate(request, handler):
     once aiohttp has built the request, before a connection is taken or a byte sent."""
     gate = _gate.get()
     if gate is not None:
+        # Cleared first: a connection opened below copies this context into its reader callback,
+        # and would keep the call (its prompt, its body with the provider's key) as long as it lives.
+        _gate.set(None)
         await gate()
     return await handler(request)
 

@@ -323,16 +323,15 @@ class RedisCounters(SyncRedis):
             return None
         return self._pipe().start(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
 
-    async def finish(self, counters: list[Counter], hold_id: str, answer: asyncio.Future) -> list[tuple[int, int]]:
-        """What reserve() returns or raises, from start()'s future. The future is shielded: a request
-        cancelled while it waits leaves the answer to whoever settles its holds."""
+    async def finish(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]]:
+        """What reserve() returns or raises, from start()'s future (made again whole by the pipe if
+        Redis lost the script). The future is shielded: a request cancelled while it waits leaves the
+        answer to whoever settles its holds."""
         try:
             reply = answer.result() if answer.done() else await asyncio.shield(answer)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if lost_script(exc):  # Redis restarted or flushed its scripts: nothing was reserved
-                return await self.reserve(counters, hold_id)
             self._down(exc)
         return self._outcome(counters, reply)
 

@@ -104,7 +104,7 @@ class LimitsPolicy(Policy):
         try:
             try:
                 if held.answer is not None:
-                    results = await backend.finish(counters, held.hold_id, held.answer)
+                    results = await backend.finish(counters, held.answer)
                 else:
                     results = await backend.reserve(counters, held.hold_id)
             except CountersDown:

@@ -4,12 +4,12 @@ Runs after the guardrails and before the cache: a cache hit counts against the r
 token and budget reservations are released in the log phase (nothing was used).
 
 Request phase (one counters call, atomic; on Redis it is not waited for here but left in flight as
-the call's gate, passed before the cache's phase or just before the provider is called): rpm counts the request; tpm refuses when the prompt
-estimate alone exceeds what is left of the minute and holds prompt + output cap; a budget
-refuses when the period's spend (settled plus held) has reached the cap and holds the worst
-case cost (of the dearest target a routing policy may fail over to). Redis holds expire if never
-settled; settlements Redis misses are retried; failing open, budgets start from the spend Redis
-last answered. The key's own limits and its team's are separate counters, both checked: the
+the call's gate, passed before the cache's phase or just before the provider is called): rpm
+counts the request; tpm refuses when the prompt estimate alone exceeds what is left of the minute
+and holds prompt + output cap; a budget refuses when the period's spend (settled plus held) has
+reached the cap and holds the worst case cost (of the dearest target a routing policy may fail
+over to). Redis holds expire if never settled; settlements Redis misses are retried; failing
+open, budgets start from the spend Redis last answered. The key's own limits and its team's are separate counters, both checked: the
 tighter decides. Log phase: the holds are swapped for the provider's usage and the cost of what
 served (the trace's provider and model), off the request path: posted to Redis with the next write,
 nobody awaiting it.
@@ -88,7 +88,8 @@ class LimitsPolicy(Policy):
         amounts = {"tokens": (prompt, prompt + cap, 0), "spend": (1, worst, 0)}
         counters = [same or Counter(key, limit, *amounts[kind], ttl) for key, limit, kind, ttl, same in rows]
         backend = store.current()
-        held = Held(backend, counters, kinds, None, prompt, spend_keys, period_ttl, ex.trace.id, when=(window, now, rollover))
+        held = Held(backend, counters, kinds, None, prompt, spend_keys, period_ttl, ex.trace.id,
+                    when=(window, now, rollover))
         held.answer = backend.start(counters, held.hold_id)
         if held.answer is None:
             return await self._check(ex, held)

@@ -87,8 +87,8 @@ class _Posted:
 
 
 class _Whole:
-    """A started script's place among the awaited ones: its answer goes to future, unless Redis has
-    lost its scripts (NOSCRIPT), when the script goes again whole and that answer goes there. So the
+    """An EVALSHA's place among the awaited ones: its answer goes to future, unless Redis has lost
+    its scripts (NOSCRIPT), when the script goes again whole and that answer goes there. So the
     one future a caller holds is the outcome whatever happened (a caller gone meanwhile leaves it to
     whoever settles what it made)."""
 
@@ -255,34 +255,39 @@ class Pipe:
         if script.sha not in self.proto.scripts:
             self.proto.scripts.add(script.sha)
             return await self.send("EVAL", script.text, len(keys), *keys, *args, lazy=lazy)
-        try:
-            return await self.send("EVALSHA", script.sha, len(keys), *keys, *args, lazy=lazy)
-        except RedisError as exc:
-            if not lost_script(exc):
-                raise
-            return await self.call("EVAL", script.text, len(keys), *keys, *args)
+        return await self._evalsha(self.proto, script, keys, args, lazy)
 
     def start(self, script: Script, keys: list, args: list) -> asyncio.Future | None:
         """The script's answer's future, its command written at once when no write waits for an
         answer (else gathered, as a call is): the caller goes on with its work while Redis answers
         (the limits' reservation, while the upstream request is built). None, and nothing sent, when
         the connection is not open or has not loaded the script (script() does both)."""
-        proto = self.proto
-        if proto is None or proto.lost or script.sha not in proto.scripts:
+        proto = self._loaded(script)
+        if proto is None:
             return None
-        future = self.loop.create_future()
-        self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args),
-                   place=_Whole(future, self, proto, (script, keys, args)))
+        future = self._evalsha(proto, script, keys, args)
         if proto.unanswered <= 0:
             proto.write()
         return future
+
+    def _evalsha(self, proto: _Protocol, script: Script, keys: list, args: list, lazy: bool = False):
+        """EVALSHA's future, sent whole again should Redis have lost the script (_Whole)."""
+        future = self.loop.create_future()
+        self._send(proto, ("EVALSHA", script.sha, len(keys), *keys, *args), lazy,
+                   place=_Whole(future, self, proto, (script, keys, args)))
+        return future
+
+    def _loaded(self, script: Script) -> _Protocol | None:
+        """The open connection, if it has loaded the script."""
+        proto = self.proto
+        return proto if proto is not None and not proto.lost and script.sha in proto.scripts else None
 
     def post(self, script: Script, keys: list, args: list, then, *payload) -> bool:
         """The script run with nobody awaiting it (a settlement): written lazily, as a lazy call is,
         and its answer or failure given to then(answer, error, *payload). False, and nothing sent,
         when the connection is not open or has not loaded the script (script() does both)."""
-        proto = self.proto
-        if proto is None or proto.lost or script.sha not in proto.scripts:
+        proto = self._loaded(script)
+        if proto is None:
             return False
         proto.buffer.append(hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
         deadline = self.loop.time() + self.timeout  # a Redis that stops answering fails it like a call

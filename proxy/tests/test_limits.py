@@ -71,12 +71,17 @@ def post(gateway, raw, body, **headers):
 def counter(key: str) -> tuple[int, int]:
     """(used, held) of a counter, wherever the gateway keeps them."""
     if REDIS:
-        import redis
-
-        fields = redis.Redis.from_url(REDIS).hgetall(key)  # held: 'held' and the holds' time buckets b:*
-        return int(fields.get(b"used", 0)), sum(int(v) for k, v in fields.items() if k == b"held" or k[:2] == b"b:")
+        return own_counter(REDIS, key)
     slot = store.local.values.get(key, [0, 0])
     return slot[0], slot[1]
+
+
+def own_counter(url: str, key: str) -> tuple[int, int]:
+    """(used, held) of a counter in the Redis at url (held: 'held' and the holds' time buckets b:*)."""
+    import redis
+
+    fields = redis.Redis.from_url(url).hgetall(key)
+    return int(fields.get(b"used", 0)), sum(int(v) for k, v in fields.items() if k == b"held" or k[:2] == b"b:")
 
 
 def window_key(scope: str, kind: str, now: float) -> str:
@@ -88,10 +93,13 @@ def settled(key: str, used=None):
     return wait_for(lambda: (lambda c: c if c[1] == 0 and (used is None or c[0] == used) else None)(counter(key)))
 
 
-def logs(gateway, count):
+def logs(gateway, count, team=None):
+    """The VASLogs (of team's requests only, when given: a trace of an earlier test written late is
+    not one) once there are count."""
     def written():
         gateway.flush_traces()
-        found = list(VASLog.objects.order_by("timestamp"))
+        found = VASLog.objects.order_by("timestamp")
+        found = list(found.filter(team=team.name) if team is not None else found)
         return found if len(found) >= count else None
     return wait_for(written, timeout=15)
 
@@ -489,13 +497,6 @@ def test_a_hung_redis_failing_open_serves_no_budget_past_its_last_known_spend_th
     # The spend served meanwhile reaches Redis once it answers again.
     wait_for(lambda: own.used([spend[team_fine]]) == [120_000], timeout=15)
     assert [log.status_code for log in logs(gateway, 6)] == [200, 200, 200, 429, 503, 200]
-
-
-def own_counter(url: str, key: str) -> tuple[int, int]:
-    import redis
-
-    fields = redis.Redis.from_url(url).hgetall(key)
-    return int(fields.get(b"used", 0)), sum(int(v) for k, v in fields.items() if k == b"held" or k[:2] == b"b:")
 
 
 def test_a_refusal_that_redis_answers_while_the_request_is_built_never_reaches_the_provider(

@@ -11,19 +11,9 @@ import httpx
 import pytest
 
 from conftest import wait_for
-from proxy.tests.test_limits import chat, clock, limited, own_counter, own_redis, post, window_key  # noqa: F401
-from traces.models import VASLog
+from proxy.tests.test_limits import chat, clock, limited, logs, own_counter, own_redis, post, window_key  # noqa: F401
 
 BODY = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def logs(gateway, team, count):
-    """The team's VASLogs once there are count (a trace of an earlier test written late is not one)."""
-    def written():
-        gateway.flush_traces()
-        found = list(VASLog.objects.filter(team=team.name).order_by("timestamp"))
-        return found if len(found) >= count else None
-    return wait_for(written, timeout=15)
 
 
 class Holder:
@@ -105,7 +95,7 @@ def test_a_client_gone_while_the_lost_script_is_made_again_leaves_no_hold(
     wait_for(lambda: own_counter(url, requests)[0] == 2)  # made again whole: counted once
     wait_for(lambda: own_counter(url, tokens) == (first_use, 0))
     assert len(fake_upstream.requests) == 1
-    assert [log.status_code for log in logs(gateway, team, 2)] == [200, 499]
+    assert [log.status_code for log in logs(gateway, 2, team)] == [200, 499]
 
 
 def test_a_streams_overhead_counts_the_wait_for_its_reservation(limited, gateway, own_redis, clock, fake_upstream):
@@ -121,7 +111,7 @@ def test_a_streams_overhead_counts_the_wait_for_its_reservation(limited, gateway
         r = post(gateway, raw, chat(stream=stream))
         assert r.status_code == 200
         busy.join()
-    found = logs(gateway, team, 3)
+    found = logs(gateway, 3, team)
     one_body, streamed = found[1], found[2]
     limits_ms = {s["name"]: s["ms"] for s in streamed.stages}.get("limits")
     assert one_body.overhead_ms > 100
@@ -153,7 +143,7 @@ def test_refusals_on_every_path_never_reach_the_provider(limited, gateway, own_r
         r = post(gateway, raw, chat(stream=stream))
         assert r.status_code == 429 and r.headers["content-type"].startswith("application/json"), r.text
     assert len(fake_upstream.requests) == 2
-    assert [log.status_code for log in logs(gateway, team, 5)] == [200, 200, 429, 429, 429]
+    assert [log.status_code for log in logs(gateway, 5, team)] == [200, 200, 429, 429, 429]
 
 
 def test_a_refused_request_is_not_served_a_cache_hit(limited, gateway, own_redis, clock, fake_upstream, settings):

@@ -96,6 +96,13 @@ class LiveGateway:
             server.should_exit = True
         self.thread.join(15)
 
+    def quiesce(self, timeout: float = 5.0):
+        """Waits, up to timeout, until the proxy port serves no request: one whose client left early
+        ends later, and its trace must not land in the next test's database."""
+        deadline = time.monotonic() + timeout
+        while self.servers[0].server_state.tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def flush_traces(self):
         from traces.recorder import recorder
 
@@ -155,6 +162,7 @@ def gateway(live_gateway, fake_upstream, transactional_db):
     keystore.provider_keys.invalidate()
     routing.table.invalidate()
     yield live_gateway
+    live_gateway.quiesce()
     live_gateway.flush_traces()
 
 

@@ -1,5 +1,6 @@
-"""A gateway process's memory: serve tunes glibc's allocator so freed large blocks go back to the
-system (flat RSS), and start-up loads nothing the process does not use."""
+"""A gateway process's tuning: serve tunes glibc's allocator so freed large blocks go back to the
+system (flat RSS), start-up loads nothing the process does not use, and the ASGI lifespan sets the
+GC's and the GIL's thresholds."""
 import ctypes.util
 import subprocess
 import sys
@@ -43,3 +44,43 @@ def test_a_gateway_process_does_not_load_twisted():
                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "smartflow.settings"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+LIFESPAN = r"""
+import asyncio, gc, sys
+import django
+django.setup()
+from smartflow import asgi
+
+async def main():
+    messages = asyncio.Queue()
+    sent = []
+    for kind in ("lifespan.startup", "lifespan.shutdown"):
+        messages.put_nowait({"type": kind})
+    async def send(message):
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            print(gc.get_threshold()[0], sys.getswitchinterval())
+    await asgi.application({"type": "lifespan"}, messages.get, send)
+    print(sent)
+
+print(gc.get_threshold()[0], sys.getswitchinterval())
+asyncio.run(main())
+"""
+
+
+def test_the_served_process_is_tuned_at_start_up(tmp_path):
+    """Start-up moves the young GC's threshold and shortens the GIL's switch interval (another
+    thread's Python, the trace writer's, held the loop up to 5 ms at a time otherwise)."""
+    import os
+
+    from smartflow.asgi import GC_YOUNG_THRESHOLD, SWITCH_INTERVAL_S
+
+    out = subprocess.run([sys.executable, "-c", LIFESPAN], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "DJANGO_SETTINGS_MODULE": "smartflow.settings",
+                              "SMARTFLOW_DATA_DIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    before, during, sent = out.stdout.strip().splitlines()
+    assert before == "700 0.005"
+    assert during == f"{GC_YOUNG_THRESHOLD} {SWITCH_INTERVAL_S}"
+    assert sent == "['lifespan.startup.complete', 'lifespan.shutdown.complete']"

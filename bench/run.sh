@@ -276,6 +276,12 @@ wrk_run() {
     [[ $server != direct && -n $record ]] && cpu0=$(group_cpu_ticks "$GW_PID")
     steal0=$(steal_ticks)
     t0=$(date +%s)
+    local perf=""
+    if [[ ${BENCH_SYSCALLS:-0} == 1 && $server != direct && -n $record ]]; then  # system calls a request
+        perf="$TMP/perf-$server-$conc.csv"
+        perf stat -x, -o "$perf" -e "$SYSCALL_EVENTS" -p "$(gateway_pids "$GW_PID" | paste -sd,)" \
+            -- sleep "$duration" 2>/dev/null &
+    fi
     out=$(BENCH_BODY_FILE="$BENCH/payloads/$body" BENCH_AUTH="$auth" BENCH_PROVIDER="$provider" \
           BENCH_EXTRA_HDR="$extra" BENCH_VARY="$vary" timeout $((duration + 30)) \
           "$WRK" -t"$threads" -c"$conns" -d"${duration}s" --timeout 10s --latency -s "$BENCH/post.lua" "$url")
@@ -293,6 +299,12 @@ wrk_run() {
                 match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9);
                 printf "gw_cpu_ms_per_req=%.3f gw_sys_ms_per_req=%.3f", (n > 0 ? (y[1] - x[1]) * 1000 / hz / n : 0),
                        (n > 0 ? (y[2] - x[2]) * 1000 / hz / n : 0) }')"
+            if [[ -n $perf ]]; then
+                wait $! 2>/dev/null || true
+                line+=" $(awk -F, -v l="$line" 'BEGIN { match(l, /requests=[0-9]+/); n = substr(l, RSTART + 9, RLENGTH - 9) }
+                    $3 ~ /sys_enter/ { name = $3; sub(/.*sys_enter_?/, "", name); if (name == "") name = "all";
+                                       printf "sc_%s=%.2f ", name, (n > 0 ? $1 / n : 0) }' "$perf")"
+            fi
             line+=" rss_mib=$(awk -v k="$(group_rss_kib "$GW_PID")" 'BEGIN {printf "%.1f", k / 1024}')"
             if [[ -n ${SMARTFLOW_LOOP_LAG_FILE:-} && $server != portkey && $server != litellm ]]; then
                 sleep 1.1  # the probe writes the run's last second
@@ -302,9 +314,12 @@ wrk_run() {
         fi
         printf '%s\t%s\t%s\t%s\n' "$server" "$route" "$conc" "$line" >>"$RESULTS"
         printf '  %-10s %-17s c=%-3s %s\n' "$server" "$route" "$conc" \
-            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req|gw_sys_ms_per_req|steal_pct|lag_max_ms|gc2_ms)=/) printf "%s ", $i}' <<<"$line")"
+            "$(awk '{for(i=2;i<=NF;i++) if ($i ~ /^(rps|p50_us|p99_us|non2xx|socket_errors|gw_cpu_ms_per_req|gw_sys_ms_per_req|steal_pct|lag_max_ms|gc2_ms|sc_[a-z_]+)=/) printf "%s ", $i}' <<<"$line")"
     fi
 }
+
+# BENCH_SYSCALLS=1: the gateway's system calls a request in each recorded run (perf's tracepoints).
+SYSCALL_EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_getpid
 
 loop_lag() {  # loop_lag T0 T1: the gateway loop's worst lag, ticks over 5 ms, full-GC ms in [T0, T1)
     awk -v a="$1" -v b="$2" '$1 >= a && $1 < b { if ($2 > w) w = $2; n += $3; g += $4 }

@@ -21,6 +21,7 @@ from channels.routing import URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from proxy import upstream  # noqa: E402
+from proxy.limits import counters as limit_counters  # noqa: E402
 from smartflow import looplag  # noqa: E402
 from proxy.views import PROXY_ROUTES  # noqa: E402
 from smartflow.ports import role_for  # noqa: E402
@@ -71,8 +72,9 @@ async def lifespan(receive, send):
             looplag.start(settings.SMARTFLOW_LOOP_LAG_FILE)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            # A graceful stop writes every trace still in memory.
+            # A graceful stop writes every trace still in memory and reports the limits' slices.
             await recorder.stop()
+            await limit_counters.drain()
             await upstream.close()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from proxy.limits.slices import SYNC_S, Slices
 from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
@@ -77,9 +78,10 @@ class Counter:
 
 
 class Refused(Exception):
-    def __init__(self, index: int, current: int, used: int = 0):
+    def __init__(self, index: int, current: int, used: int = 0, sliced: int = 0):
         super().__init__(f"counter {index} refused at {current}")
         self.index, self.current, self.used = index, current, used  # used: settled, without holds
+        self.sliced = sliced  # of current, what processes' slices hold (soon given back: ask again)
 
 
 class CountersDown(Exception):
@@ -166,12 +168,12 @@ class MemoryCounters:
 # the counters it holds on, the one kept longest (a budget's, ttl 0 being forever; the first on a tie),
 # which reserve and settle pick alike from the same ttls. Holds without an id (tests, the API's
 # symmetry) are in the field 'held'. Every redis.call costs about a microsecond of Redis' one thread
-# on top of its command, so each is counted: a request with six counters makes 14 here, 11 settling.
+# on top of its command, so each is counted: a request with six counters makes 14 here (a refusal 1 more), 11 settling.
 # The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
 # would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
-# ('': none) and the holds' lifetime. Answers {0, index, current, used} when one refuses (nothing
-# changed), else {1, held1, total1, used1, held2, ...}.
+# ('': none) and the holds' lifetime. Answers {0, index, current, used, held by slices} when one
+# refuses (nothing changed), else {1, held1, total1, used1, held2, ...}.
 _RESERVE = Script("""
 local n = #KEYS
 local id = ARGV[5 * n + 1]
@@ -190,7 +192,14 @@ for i = 1, n do
   opened[i] = tonumber(v[3])
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
-    return {0, i - 1, cur[i], used[i]}
+    local sliced, all = 0, redis.call('HGETALL', KEYS[i])  -- what processes' slices hold (slices.py)
+    for j = 1, #all, 2 do
+      if string.sub(all[j], 1, 2) == 's:' then
+        local at, h = string.match(all[j + 1], '^(%-?%d+):(%d+):')
+        if at and tonumber(at) >= bucket - 4 then sliced = sliced + tonumber(h) end
+      end
+    end
+    return {0, i - 1, cur[i], used[i], sliced}
   end
 end
 local out, anchor, kept = {1}, nil, -1
@@ -289,6 +298,7 @@ class RedisCounters(SyncRedis):
         self.seen: dict[str, int] = {}  # limited counter -> the settled amount Redis last answered
         self.pending: deque = deque(maxlen=MAX_PENDING)  # settlements waiting for Redis to answer again
         self.retrying: asyncio.Task | None = None
+        self.slices = Slices()  # a busy key's requests admitted here from a share held on Redis
 
     def _pipe(self):
         return loop_pipe(self.url)
@@ -305,7 +315,7 @@ class RedisCounters(SyncRedis):
         self.last_error, self.failure = type(exc).__name__, str(exc)[:200]
         raise CountersDown(str(exc)) from exc
 
-    async def reserve(self, counters: list[Counter], hold_id: str = "") -> list[tuple[int, int]]:
+    async def reserve(self, counters: list[Counter], hold_id: str = "", again: bool = True) -> list[tuple[int, int]]:
         """As MemoryCounters.reserve; with a hold id the holds stop counting 1 to 1.25 hold_life()s
         later unless settled first (a process killed mid-request frees its holds)."""
         self._check()
@@ -313,17 +323,38 @@ class RedisCounters(SyncRedis):
             answer = await self._pipe().script(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
-        return self._outcome(counters, answer)
+        try:
+            return self._outcome(counters, answer)
+        except Refused as refused:
+            if not (again and refused.sliced):
+                raise
+        return await self._after_slices(counters, hold_id)
+
+    async def _after_slices(self, counters: list[Counter], hold_id: str):
+        """Refused while processes' slices held part of the limit: asked once more when their next
+        reports have given back what they do not use (past half the limit none is granted), so a
+        refusal is exact however the requests were spread over processes."""
+        await asyncio.sleep(2 * SYNC_S)
+        return await self.reserve(counters, hold_id, again=False)
 
     def start(self, counters: list[Counter], hold_id: str = "") -> asyncio.Future | None:
         """reserve() begun and not awaited: the future of Redis' answer, for finish(). The request
-        goes on with its work while Redis answers. None when it cannot begin so (backing off, no
-        connection yet, the script not loaded on it): then reserve()."""
+        goes on with its work while Redis answers; a busy key's request its slices cover has its
+        answer at once (slices.py). None when it cannot begin so (backing off, no connection yet,
+        the script not loaded on it): then reserve()."""
+        slices = self.slices
+        answer = slices.admit(counters, hold_id) if hold_id else None
+        if answer is not None:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(answer)
+            return future
         if time.monotonic() < self.down_until:
             return None
+        if slices.note(counters) and not slices.running():
+            slices.task = in_background(slices.run(self._pipe, hold_life))
         return self._pipe().start(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
 
-    async def finish(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]]:
+    async def finish(self, counters: list[Counter], answer: asyncio.Future, hold_id: str = "") -> list[tuple[int, int]]:
         """What reserve() returns or raises, from start()'s future (made again whole by the pipe if
         Redis lost the script). The future is shielded: a request cancelled while it waits leaves the
         answer to whoever settles its holds."""
@@ -333,7 +364,12 @@ class RedisCounters(SyncRedis):
             raise
         except Exception as exc:
             self._down(exc)
-        return self._outcome(counters, reply)
+        try:
+            return self._outcome(counters, reply)
+        except Refused as refused:
+            if not refused.sliced:
+                raise
+        return await self._after_slices(counters, hold_id)
 
     def outcome(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]] | None:
         """The holds start()'s finished future made, without raising: None when it made none (refused,
@@ -344,9 +380,9 @@ class RedisCounters(SyncRedis):
 
     def _outcome(self, counters: list[Counter], answer: list[int]) -> list[tuple[int, int]]:
         if answer[0] == 0:
-            index, current, used = answer[1:4]
+            index, current, used, sliced = answer[1:5]
             self._saw((counters[index],), (used,))
-            raise Refused(index, current, used)
+            raise Refused(index, current, used, sliced)
         self._saw(counters, answer[3::3])
         return list(zip(answer[1::3], answer[2::3]))
 
@@ -365,6 +401,10 @@ class RedisCounters(SyncRedis):
     async def settle(self, items: list[tuple[str, int, int, int]], hold_id: str = "", tracked: int = 0):
         """As MemoryCounters.settle; the first `tracked` items reserved under hold_id count once
         however often this is retried."""
+        if self.slices.owns(hold_id):
+            items, hold_id, tracked = self._settle_here(items, hold_id)
+            if not items:
+                return
         self._check()
         try:
             await self._pipe().script(_SETTLE, [item[0] for item in items], _settle_args(items, hold_id, tracked),
@@ -378,10 +418,21 @@ class RedisCounters(SyncRedis):
         timer per request) and its outcome handled when Redis answers: a failure is counted here and
         retried as settle_or_defer does. False, nothing done, when it cannot be posted now (backing
         off, no connection yet, the script not loaded on it): then settle_or_defer() on a task."""
+        if self.slices.owns(hold_id):
+            items, hold_id, tracked = self._settle_here(items, hold_id)
+            if not items:
+                return True
         if time.monotonic() < self.down_until:
             return False
         return self._pipe().post(_SETTLE, [item[0] for item in items], _settle_args(items, hold_id, tracked),
                                  self._settled, items, hold_id, tracked)
+
+    def _settle_here(self, items, hold_id: str):
+        """A request its slices admitted, settled in them; what else it counted (spend without a
+        limit) left for Redis, without a hold id."""
+        here, rest = self.slices.settle(items, hold_id)
+        self._spent(here)
+        return rest, "", 0
 
     def _settled(self, answer, error, items, hold_id, tracked):
         if error is None:
@@ -484,6 +535,16 @@ def _fail_open() -> bool:
 
 _current: tuple | None = None
 local = MemoryCounters()  # this process's own: without Redis, and while Redis is down (fail open)
+
+
+async def drain():
+    """At shutdown: the shared counters' slices reported and given back (1 s at most)."""
+    backend = _current[1] if _current else None
+    if isinstance(backend, RedisCounters) and backend.slices.table:
+        try:
+            await asyncio.wait_for(backend.slices.drain(backend._pipe, hold_life), 1.0)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("Limits: Redis did not take the slices' last report; their holds expire by themselves")
 
 
 def current():

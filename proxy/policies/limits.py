@@ -4,7 +4,8 @@ Runs after the guardrails and before the cache: a cache hit counts against the r
 token and budget reservations are released in the log phase (nothing was used).
 
 Request phase (one counters call, atomic; on Redis it is not waited for here but left in flight as
-the call's gate, passed before the cache's phase or just before the provider is called): rpm
+the call's gate, passed before the cache's phase or just before the provider is called; a busy
+key's request is admitted from its slices, proxy/limits/slices.py, with no call at all): rpm
 counts the request; tpm refuses when the prompt estimate alone exceeds what is left of the minute
 and holds prompt + output cap; a budget refuses when the period's spend (settled plus held) has
 reached the cap and holds the worst case cost (of the dearest target a routing policy may fail
@@ -105,7 +106,7 @@ class LimitsPolicy(Policy):
         try:
             try:
                 if held.answer is not None:
-                    results = await backend.finish(counters, held.answer)
+                    results = await backend.finish(counters, held.answer, held.hold_id)
                 else:
                     results = await backend.reserve(counters, held.hold_id)
             except CountersDown:

@@ -1,0 +1,281 @@
+"""Slices: a busy key's requests admitted in process from a share of its limits held on Redis.
+
+Far from its limits, a key under load asks Redis for every request only to hear yes: a round trip
+(~0.1 ms of waiting at c=1, ~0.1 ms of the loop's CPU at c=64) that decides nothing. So a process
+whose key made at least MIN_REQUESTS requests in the last SYNC_S seconds holds a slice of each of its
+counters on Redis (a hold like a request's, under the process's id, re-bucketed each time so that
+it expires if the process dies) and admits the key's requests from it without asking; every SYNC_S
+seconds one script call per process reports what the slices were used for (a cumulative total, so
+a report repeated after a lost answer counts once) and sizes them again.
+
+Never more than the limit: a slice is held on Redis before any request is admitted from it, and a
+request is admitted from slices only when all its counters' slices cover its whole reservation
+(else it goes to Redis as before, which refuses). Exact at the limit: a slice is granted only while
+at least half of the limit is left, at most 1/64 of what is left and twice what the key used in
+the last interval, so within one interval of the half-way mark there are none; refusals come from
+Redis with every slice released. A report keeps half of what a slice has free for the requests
+admitted while it is in flight (Redis holds it again whatever it grants), and after a report that
+failed the slice has only that: what Redis surely still holds for it either way.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+
+from proxy.redis_pipe import Script
+
+log = logging.getLogger(__name__)
+SYNC_S = 0.05
+MIN_REQUESTS = 8  # in one interval (160 a second): fewer are served one round trip each
+MAX_LOCAL = 100_000  # requests admitted from slices and not settled yet (a leak would stop here)
+
+# KEYS: the counters; ARGV: for each, limit, ttl, total (what this process used of it through its
+# slice, ever), keep (held for it whatever is left: its requests in flight and what it may admit
+# until this is answered), want (more asked for, a slice's size), unit
+# (a request's amount: a slice smaller is not granted); then the process' id and the holds'
+# lifetime. The slice's field s:<id> = "bucket:hold:total": the hold replaced where it is counted,
+# the use added once (total minus the last total). Answers {hold, total held and used, used} each.
+_SLICE = Script("""
+local n = #KEYS
+local id, life = ARGV[6 * n + 1], tonumber(ARGV[6 * n + 2])
+local clock = redis.call('TIME')
+local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (life / 4))
+local mine = 's:' .. id
+local now = 'b:' .. bucket
+local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
+                'b:' .. (bucket - 1), now, mine}
+local out = {}
+for i = 1, n do
+  local key = KEYS[i]
+  local limit, ttl = tonumber(ARGV[6 * i - 5]), tonumber(ARGV[6 * i - 4])
+  local total, keep = tonumber(ARGV[6 * i - 3]), tonumber(ARGV[6 * i - 2])
+  local want, unit = tonumber(ARGV[6 * i - 1]), tonumber(ARGV[6 * i])
+  local v = redis.call('HMGET', key, unpack(fields))
+  local used = tonumber(v[1]) or 0
+  local held = (tonumber(v[2]) or 0) + (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0)
+               + (tonumber(v[7]) or 0) + (tonumber(v[8]) or 0)
+  local at, old, reported = 0, 0, 0
+  if v[9] then
+    local a, h, t = string.match(v[9], '^(%-?%d+):(%d+):(%d+)$')
+    at, old, reported = tonumber(a), tonumber(h), tonumber(t)
+  end
+  if old > 0 and at >= bucket - 4 then held = held - old else old = 0 end  -- an expired hold counts no more
+  local add = math.max(0, total - reported)
+  used = used + add
+  local left = limit - used - held - keep
+  local grant = 0
+  if want > 0 and 2 * left >= limit then
+    grant = math.min(want, math.floor(left / 64))
+    if grant < unit then grant = 0 end
+  end
+  local hold = keep + grant
+  if old > 0 then redis.call('HINCRBY', key, 'b:' .. at, string.format('%d', -old)) end
+  if hold > 0 then
+    local last = tonumber(v[3])
+    if not last or bucket > last then
+      if last then
+        local gone = {}
+        for b = last - 4, math.min(last, bucket - 5) do gone[#gone + 1] = 'b:' .. b end
+        if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
+      end
+      redis.call('HSET', key, 'o', bucket)
+    end
+    redis.call('HINCRBY', key, now, string.format('%d', hold))
+  end
+  if add > 0 or not v[1] then redis.call('HINCRBY', key, 'used', string.format('%d', add)) end
+  if hold > 0 or v[9] or total > 0 then
+    redis.call('HSET', key, mine, string.format('%d:%d:%d', bucket, hold, math.max(total, reported)))
+  end
+  if not v[1] and ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  out[#out + 1] = hold
+  out[#out + 1] = used + held + hold
+  out[#out + 1] = used
+end
+return out
+""")
+
+
+class Slice:
+    """One counter's slice in this process: granted (held on Redis for it), held (its requests'
+    holds in flight), total (what its requests used, ever: reported as is, so one Slice a key and
+    process for as long as Redis keeps the key: see Slices.dormant), since (total when last
+    reported: the use since is not in Redis yet), acked (total Redis last answered to), outside
+    (Redis' total without this slice, then), used (Redis' settled amount, then)."""
+
+    __slots__ = ("key", "limit", "ttl", "granted", "held", "total", "since", "acked", "outside", "used",
+                 "requests", "units", "want", "unit", "seen")
+
+    def __init__(self, key: str, limit: int, ttl: int, total: int = 0):
+        self.key, self.limit, self.ttl = key, limit, ttl
+        self.granted = self.held = self.outside = self.used = 0
+        self.total = self.since = self.acked = total
+        self.requests = self.units = 0  # demand in the current interval (admitted here or by Redis)
+        self.want = self.unit = 0  # the slice's size to ask for; a request's amount, lately
+        self.seen = time.monotonic()
+
+    def free(self) -> int:
+        return self.granted - self.held - (self.total - self.since)
+
+
+class Slices:
+    """A process's slices on one Redis, and the task that reports and resizes them."""
+
+    def __init__(self):
+        self.id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # (made in the process that uses it)
+        self.table: dict[str, Slice] = {}
+        # key -> (total, until): a slice gone quiet leaves its total, which Redis keeps in the key's
+        # field: a slice made again for the key goes on from it (else its use would not count until
+        # it passed the old total). Kept until the key expires (its ttl after the slice's last use).
+        self.dormant: dict[str, tuple[int, float]] = {}
+        self.local: dict[str, tuple] = {}  # hold id -> the keys its request holds on, admitted here
+        self.demand: dict[str, list] = {}  # key -> [requests, units] this interval, before it has a slice
+        self.interval_ends = self.sweep_at = 0.0
+        self.task: asyncio.Task | None = None
+
+    def admit(self, counters, hold_id: str) -> list | None:
+        """Redis' answer to the reservation (as _RESERVE makes it) when every counter's slice
+        covers it, the request then admitted here; else None (nothing changed)."""
+        table = self.table
+        slices = []
+        for c in counters:
+            s = table.get(c.key)
+            if s is None:
+                return None
+            need = c.hold + c.use
+            if c.need > need:
+                need = c.need
+            if s.granted - s.held - s.total + s.since < need:
+                return None
+            slices.append(s)
+        if len(self.local) >= MAX_LOCAL:
+            return None
+        answer = [1]
+        settles = False  # a request with holds (tokens, spend) is settled here later
+        for c, s in zip(counters, slices):
+            s.held += c.hold
+            s.total += c.use
+            s.requests += 1
+            s.units += c.hold + c.use
+            mine = s.held + s.total - s.since
+            answer += (c.hold, s.outside + mine, s.used + s.total - s.since)
+            settles = settles or c.hold or not c.use
+        if settles:
+            self.local[hold_id] = tuple(c.key for c in counters)
+        return answer
+
+    def note(self, counters) -> bool:
+        """A reservation going to Redis, counted as its keys' demand in this interval: True when
+        a key is busy (its slice made: the reporting task is to run)."""
+        now = time.monotonic()
+        if now >= self.interval_ends:
+            self.demand.clear()
+            self.interval_ends = now + SYNC_S
+        busy = False
+        table, demand = self.table, self.demand
+        for c in counters:
+            s = table.get(c.key)
+            if s is not None:
+                s.requests += 1
+                s.units += c.hold + c.use
+                busy = busy or s.requests >= MIN_REQUESTS
+                continue
+            if c.limit is None:
+                continue
+            seen = demand.get(c.key)
+            if seen is None:
+                seen = demand[c.key] = [0, 0]
+            seen[0] += 1
+            seen[1] += c.hold + c.use
+            if seen[0] >= MIN_REQUESTS:
+                s = table[c.key] = Slice(c.key, c.limit, c.ttl, self.dormant.pop(c.key, (0, 0))[0])
+                s.requests, s.units = seen
+                busy = True
+        return busy
+
+    def settle(self, items, hold_id: str) -> tuple[list, list]:
+        """A request admitted here, settled in its slices: (the items settled so, the rest: spend
+        counted without a limit, for Redis, without a hold)."""
+        keys = self.local.pop(hold_id)
+        here, rest = [], []
+        for item in items:
+            s = self.table.get(item[0]) if item[0] in keys else None
+            if s is None:
+                rest.append((item[0], 0, item[2], item[3]))
+                continue
+            s.held = max(0, s.held - item[1])
+            s.total += item[2]
+            here.append(item)
+        return here, rest
+
+    def owns(self, hold_id: str) -> bool:
+        return bool(hold_id) and hold_id in self.local
+
+    def report(self, last: bool = False) -> tuple[list[Slice], list[str], list]:
+        """The slices to report now with the script's keys and args; quiet ones that hold nothing
+        and owe nothing Redis has not answered to made dormant. last: the process is stopping:
+        everything but the requests in flight given back."""
+        now = time.monotonic()
+        chosen, keys, args = [], [], []
+        for key, s in list(self.table.items()):
+            # Asked: twice the last busy interval's use, halved each interval since (bursts keep theirs).
+            s.want = max(2 * s.units, s.want // 2) if s.requests >= MIN_REQUESTS and not last else s.want // 2
+            if last:
+                s.want = 0
+            if s.requests:
+                s.unit = s.units // s.requests
+                s.seen = now
+            if not s.want and not s.granted and not s.held and s.total == s.acked:
+                if s.requests == 0 and now - s.seen > SYNC_S * 4:
+                    del self.table[key]
+                    self.dormant[key] = (s.total, now + s.ttl if s.ttl > 0 else float("inf"))
+                s.requests = s.units = 0
+                continue
+            s.requests = s.units = 0
+            # Until Redis answers, the slice is what it will hold at least: the requests in flight and
+            # half of what is free (kept), the use reported counted.
+            s.granted, s.since = s.held + (0 if last else max(0, s.free()) // 2), s.total
+            chosen.append(s)
+            keys.append(key)
+            args += [s.limit, s.ttl, s.total, s.granted, s.want, s.unit]
+        if now >= self.sweep_at:
+            self.sweep_at = now + 60
+            for key in [k for k, (_, until) in self.dormant.items() if until <= now]:
+                del self.dormant[key]
+        return chosen, keys, args
+
+    @staticmethod
+    def answered(chosen: list[Slice], reported: list[int], answer: list[int]):
+        for s, total, hold, cur, used in zip(chosen, reported, answer[0::3], answer[1::3], answer[2::3]):
+            s.granted, s.acked, s.outside, s.used = hold, total, cur - hold, used
+
+    async def run(self, pipe_of, life_of):
+        """Reports every SYNC_S while any slice holds something or is wanted."""
+        while self.table:
+            await asyncio.sleep(SYNC_S)
+            await self._report(pipe_of, life_of)
+
+    async def _report(self, pipe_of, life_of, last: bool = False):
+        chosen, keys, args = self.report(last)
+        if not chosen:
+            return
+        reported = [s.since for s in chosen]
+        try:
+            answer = await pipe_of().script(_SLICE, keys, args + [self.id, life_of()])
+        except Exception as exc:  # Redis down or slow: the slices stay what Redis surely holds
+            log.debug("limits: reporting slices failed (%s)", type(exc).__name__)
+            return
+        self.answered(chosen, reported, answer)
+
+    async def drain(self, pipe_of, life_of):
+        """The process stopping: the use its slices admitted reported and what they hold given back
+        (else a budget's share stays held until it expires, minutes after a deploy)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        await self._report(pipe_of, life_of, last=True)
+
+    def running(self) -> bool:
+        task = self.task
+        return task is not None and not task.done() and not task.get_loop().is_closed()

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
 NANO = Decimal(1_000_000_000)  # spend is counted in nano-USD (integers: exact, atomic in Redis)
 WINDOW_S = 60
 clock = time.time  # tests inject the time here
@@ -76,10 +79,24 @@ def period_ttl(period: str) -> int:
     return {"daily": 2 * 86400, "total": 0}.get(period, 32 * 86400)
 
 
-def key_prefix() -> str:
-    from django.conf import settings
+_prefix: str | None = None
 
-    return f"{settings.SMARTFLOW_CACHE_PREFIX}:limits"
+
+def key_prefix() -> str:
+    """The counters' Redis key prefix (read from the settings once, again when they change)."""
+    global _prefix
+    if _prefix is None:
+        from django.conf import settings
+
+        _prefix = f"{settings.SMARTFLOW_CACHE_PREFIX}:limits"
+    return _prefix
+
+
+@receiver(setting_changed)
+def _prefix_changed(setting, **_):
+    global _prefix
+    if setting == "SMARTFLOW_CACHE_PREFIX":
+        _prefix = None
 
 
 def spend_key(scope: str, period_id: str, prefix: str | None = None) -> str:

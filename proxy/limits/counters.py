@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from proxy.limits.slices import SYNC_S, Slices
+from proxy.limits.slices import SYNC_S, Admitted, Slices
 from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
 
@@ -50,9 +50,11 @@ def hold_life() -> int:
 
 @receiver(setting_changed)
 def _settings_changed(setting, **_):
-    global _life
+    global _life, _current
     if setting in ("SMARTFLOW_ROUTING_TIMEOUT", "SMARTFLOW_UPSTREAM_TIMEOUT"):
         _life = None
+    elif setting == "REDIS_URL" and _current is not None and _current[0] != settings.REDIS_URL:
+        _current = None
 
 
 class Counter:
@@ -345,9 +347,7 @@ class RedisCounters(SyncRedis):
         slices = self.slices
         answer = slices.admit(counters, hold_id) if hold_id else None
         if answer is not None:
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(answer)
-            return future
+            return answer
         if time.monotonic() < self.down_until:
             return None
         if slices.note(counters) and not slices.running():
@@ -358,6 +358,9 @@ class RedisCounters(SyncRedis):
         """What reserve() returns or raises, from start()'s future (made again whole by the pipe if
         Redis lost the script). The future is shielded: a request cancelled while it waits leaves the
         answer to whoever settles its holds."""
+        if type(answer) is Admitted:
+            self._saw(counters, answer.used)
+            return answer.results
         try:
             reply = answer.result() if answer.done() else await asyncio.shield(answer)
         except asyncio.CancelledError:
@@ -374,6 +377,8 @@ class RedisCounters(SyncRedis):
     def outcome(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]] | None:
         """The holds start()'s finished future made, without raising: None when it made none (refused,
         failed or cancelled)."""
+        if type(answer) is Admitted:
+            return answer.results
         if answer.cancelled() or answer.exception() is not None or answer.result()[0] == 0:
             return None
         return self._outcome(counters, answer.result())
@@ -548,9 +553,10 @@ async def drain():
 
 
 def current():
-    """The shared counters for the current settings (Redis when REDIS_URL is set)."""
+    """The shared counters for the current settings (Redis when REDIS_URL is set; made again when
+    the setting changes, not read per request)."""
     global _current
-    if _current is None or _current[0] != settings.REDIS_URL:
+    if _current is None:
         url = settings.REDIS_URL
         _current = (url, RedisCounters(url) if url else local)
     return _current[1]

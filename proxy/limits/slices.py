@@ -98,6 +98,21 @@ return out
 """)
 
 
+class Admitted:
+    """A reservation its slices covered: answered at once, like a future already done."""
+
+    __slots__ = ("results", "used")
+
+    def __init__(self, results: list, used: list):
+        self.results, self.used = results, used  # (held, total) and the settled amount, per counter
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, callback):
+        callback(self)
+
+
 class Slice:
     """One counter's slice in this process: granted (held on Redis for it), held (its requests'
     holds in flight), total (what its requests used, ever: reported as is, so one Slice a key and
@@ -135,9 +150,9 @@ class Slices:
         self.interval_ends = self.sweep_at = 0.0
         self.task: asyncio.Task | None = None
 
-    def admit(self, counters, hold_id: str) -> list | None:
-        """Redis' answer to the reservation (as _RESERVE makes it) when every counter's slice
-        covers it, the request then admitted here; else None (nothing changed)."""
+    def admit(self, counters, hold_id: str) -> Admitted | None:
+        """The reservation's outcome when every counter's slice covers it, the request then admitted
+        here; else None (nothing changed)."""
         table = self.table
         slices = []
         for c in counters:
@@ -152,19 +167,20 @@ class Slices:
             slices.append(s)
         if len(self.local) >= MAX_LOCAL:
             return None
-        answer = [1]
+        results, used = [], []
         settles = False  # a request with holds (tokens, spend) is settled here later
         for c, s in zip(counters, slices):
             s.held += c.hold
             s.total += c.use
             s.requests += 1
             s.units += c.hold + c.use
-            mine = s.held + s.total - s.since
-            answer += (c.hold, s.outside + mine, s.used + s.total - s.since)
+            unreported = s.total - s.since
+            results.append((c.hold, s.outside + s.held + unreported))
+            used.append(s.used + unreported)
             settles = settles or c.hold or not c.use
         if settles:
             self.local[hold_id] = tuple(c.key for c in counters)
-        return answer
+        return Admitted(results, used)
 
     def note(self, counters) -> bool:
         """A reservation going to Redis, counted as its keys' demand in this interval: True when

@@ -37,6 +37,7 @@ from . import Exchange, Policy
 
 log = logging.getLogger(__name__)
 MAX_ROWS = 10_000  # keys' counter rows kept per process
+_HEADERS = {kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}") for kind in ("requests", "tokens")}
 IN_FLIGHT_RETRY_S = 5  # a budget held (not spent) by requests in flight: soon free again
 
 
@@ -92,7 +93,7 @@ class LimitsPolicy(Policy):
         held = Held(backend, counters, kinds, None, prompt, spend_keys, period_ttl, ex.trace.id,
                     when=(window, now, rollover))
         held.answer = backend.start(counters, held.hold_id)
-        if held.answer is None:
+        if held.answer is None or held.answer.done():  # (done: a busy key's slices covered it)
             return await self._check(ex, held)
         # Redis answers while the request goes on (the rest of the chain, the upstream request built):
         # the gate is passed before the next policy runs or the provider is called.
@@ -226,8 +227,9 @@ class LimitsPolicy(Policy):
                 best[kind] = (counter.limit, remaining)
         headers = {}
         for kind, (limit, remaining) in best.items():
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            names = _HEADERS[kind]
+            headers[names[0]] = str(limit)
+            headers[names[1]] = str(remaining)
         return headers
 
     @staticmethod

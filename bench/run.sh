@@ -29,6 +29,7 @@
 #   BENCH_PYSPY=1                     # py-spy profile of the gateway during the c=64 run
 #                                     # (BENCH_PYSPY_FORMAT=speedscope|flamegraph|raw; py-spy is
 #                                     #  not in requirements: .venv/bin/pip install py-spy)
+#   BENCH_SYSCALLS=1                  # + the gateway's system calls a request (perf stat tracepoints)
 #   BENCH_KEEP=1                      # keep the temp dir (configs, logs, SQLite)
 #
 # Everything listens on 127.0.0.1; everything started here is stopped on exit.

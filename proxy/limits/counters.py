@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from functools import partial
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -83,7 +84,7 @@ class Refused(Exception):
     def __init__(self, index: int, current: int, used: int = 0, sliced: int = 0):
         super().__init__(f"counter {index} refused at {current}")
         self.index, self.current, self.used = index, current, used  # used: settled, without holds
-        self.sliced = sliced  # of current, what processes' slices hold (soon given back: ask again)
+        self.sliced = sliced  # processes' slices may hold some of it: asked back, soon free (ask again)
 
 
 class CountersDown(Exception):
@@ -170,19 +171,19 @@ class MemoryCounters:
 # the counters it holds on, the one kept longest (a budget's, ttl 0 being forever; the first on a tie),
 # which reserve and settle pick alike from the same ttls. Holds without an id (tests, the API's
 # symmetry) are in the field 'held'. Every redis.call costs about a microsecond of Redis' one thread
-# on top of its command, so each is counted: a request with six counters makes 14 here (a refusal 1 more), 11 settling.
+# on top of its command, so each is counted: a request with six counters makes 14 here, 11 settling.
 # The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
 # would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
-# ('': none) and the holds' lifetime. Answers {0, index, current, used, held by slices} when one
-# refuses (nothing changed), else {1, held1, total1, used1, held2, ...}.
+# ('': none) and the holds' lifetime. Answers {0, index, current, used, 1 if slices may hold some of
+# it} when one refuses (nothing changed but the slices asked back), else {1, held1, total1, used1, ...}.
 _RESERVE = Script("""
 local n = #KEYS
 local id = ARGV[5 * n + 1]
 local clock = redis.call('TIME')
 local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
 local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
-                'b:' .. (bucket - 1), 'b:' .. bucket}
+                'b:' .. (bucket - 1), 'b:' .. bucket, 'S'}
 local cur, used, fresh, opened = {}, {}, {}, {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], unpack(fields))
@@ -194,12 +195,10 @@ for i = 1, n do
   opened[i] = tonumber(v[3])
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
-    local sliced, all = 0, redis.call('HGETALL', KEYS[i])  -- what processes' slices hold (slices.py)
-    for j = 1, #all, 2 do
-      if string.sub(all[j], 1, 2) == 's:' then
-        local at, h = string.match(all[j + 1], '^(%-?%d+):(%d+):')
-        if at and tonumber(at) >= bucket - 4 then sliced = sliced + tonumber(h) end
-      end
+    local sliced = 0  -- a process' slice may hold some of it (slices.py): asked back, and ask again
+    if v[9] and tonumber(v[9]) >= bucket - 4 then
+      sliced = 1
+      redis.call('HSET', KEYS[i], 'r', clock[1])
     end
     return {0, i - 1, cur[i], used[i], sliced}
   end
@@ -333,11 +332,31 @@ class RedisCounters(SyncRedis):
         return await self._after_slices(counters, hold_id)
 
     async def _after_slices(self, counters: list[Counter], hold_id: str):
-        """Refused while processes' slices held part of the limit: asked once more when their next
-        reports have given back what they do not use (past half the limit none is granted), so a
-        refusal is exact however the requests were spread over processes."""
+        """Refused while processes' slices may hold part of the limit: the refusal asked them back,
+        and their next reports give back what they do not use, so the request asks once more after
+        two reports (a refusal is then exact however the requests were spread over processes). A
+        request cancelled while Redis answers this second ask gives back what it made."""
         await asyncio.sleep(2 * SYNC_S)
-        return await self.reserve(counters, hold_id, again=False)
+        self._check()
+        answer = self._pipe().start(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
+        if answer is None:
+            return await self.reserve(counters, hold_id, again=False)
+        try:
+            reply = await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            answer.add_done_callback(partial(self._give_back, counters, hold_id))
+            raise
+        except Exception as exc:
+            self._down(exc)
+        return self._outcome(counters, reply)
+
+    def _give_back(self, counters: list[Counter], hold_id: str, answer: asyncio.Future):
+        results = self.outcome(counters, answer)
+        if results is None:
+            return
+        items = [(c.key, held, 0, c.ttl) for c, (held, _) in zip(counters, results) if c.hold > 0]
+        if items:
+            settle_soon(self, items, hold_id, len(items))
 
     def start(self, counters: list[Counter], hold_id: str = "") -> asyncio.Future | None:
         """reserve() begun and not awaited: the future of Redis' answer, for finish(). The request
@@ -407,7 +426,7 @@ class RedisCounters(SyncRedis):
         """As MemoryCounters.settle; the first `tracked` items reserved under hold_id count once
         however often this is retried."""
         if self.slices.owns(hold_id):
-            items, hold_id, tracked = self._settle_here(items, hold_id)
+            items, hold_id, tracked = self._settle_here(hold_id, items), "", 0
             if not items:
                 return
         self._check()
@@ -423,21 +442,24 @@ class RedisCounters(SyncRedis):
         timer per request) and its outcome handled when Redis answers: a failure is counted here and
         retried as settle_or_defer does. False, nothing done, when it cannot be posted now (backing
         off, no connection yet, the script not loaded on it): then settle_or_defer() on a task."""
-        if self.slices.owns(hold_id):
-            items, hold_id, tracked = self._settle_here(items, hold_id)
-            if not items:
-                return True
+        if self.slices.owns(hold_id):  # settled in its slices; the rest posted (or deferred) as any is
+            rest = self._settle_here(hold_id, items)
+            if rest:
+                settle_soon(self, rest)
+            return True
         if time.monotonic() < self.down_until:
             return False
         return self._pipe().post(_SETTLE, [item[0] for item in items], _settle_args(items, hold_id, tracked),
                                  self._settled, items, hold_id, tracked)
 
-    def _settle_here(self, items, hold_id: str):
-        """A request its slices admitted, settled in them; what else it counted (spend without a
-        limit) left for Redis, without a hold id."""
+    def _settle_here(self, hold_id: str, items):
+        """A request its slices admitted, settled in them (its use reported with theirs); what else
+        it counted (spend without a limit) returned, for Redis, without a hold id."""
         here, rest = self.slices.settle(items, hold_id)
         self._spent(here)
-        return rest, "", 0
+        if self.slices.closed:  # drained: no reports any more but the one this makes
+            in_background(self.slices.final(self._pipe, hold_life))
+        return rest
 
     def _settled(self, answer, error, items, hold_id, tracked):
         if error is None:

@@ -1,25 +1,27 @@
 """Slices: a busy key's requests admitted in process from a share of its limits held on Redis.
 
 Far from its limits, a key under load asks Redis for every request only to hear yes: a round trip
-(~0.1 ms of waiting at c=1, ~0.1 ms of the loop's CPU at c=64) that decides nothing. So a process
-whose key made at least MIN_REQUESTS requests in the last SYNC_S seconds holds a slice of each of its
-counters on Redis (a hold like a request's, under the process's id, re-bucketed each time so that
-it expires if the process dies) and admits the key's requests from it without asking; every SYNC_S
-seconds one script call per process reports what the slices were used for (a cumulative total, so
-a report repeated after a lost answer counts once) and sizes them again.
+(~0.1 ms of waiting at c=1) and a script (~40 us of Redis' one thread) that decide nothing. So a
+process whose key made at least MIN_REQUESTS requests in the last SYNC_S seconds holds a slice of
+each of its counters on Redis (a hold like a request's, under the process's id, re-bucketed each
+time so that it expires if the process dies) and admits the key's requests from it without asking;
+every SYNC_S seconds one script call per process reports what the slices were used for (a
+cumulative total, so a report repeated after a lost answer counts once) and sizes them again.
 
-Never more than the limit: a slice is held on Redis before any request is admitted from it, and a
+Never more than the limit: a slice is held on Redis before any request is admitted from it; a
 request is admitted from slices only when all its counters' slices cover its whole reservation
-(else it goes to Redis as before, which refuses). Exact at the limit: a slice is granted only while
-at least half of the limit is left, at most 1/64 of what is left and twice what the key used in
-the last interval, so within one interval of the half-way mark there are none; refusals come from
-Redis with every slice released. A report keeps half of what a slice has free for the requests
-admitted while it is in flight (Redis holds it again whatever it grants), and after a report that
-failed the slice has only that: what Redis surely still holds for it either way.
+(else it goes to Redis as before, which refuses); a slice is frozen while its report is out (what
+Redis answers replaces it; unanswered, it covers only the requests in flight, which Redis holds
+either way), and admits nothing once Redis may have let its hold expire. Exact at the limit: a slice
+is granted only while at least half of the limit is left, at most 1/64 of what is left and twice
+what the key used lately; a refusal while slices are held marks the key (the 'r' field), so that
+every process's next report gives back what its slice does not use, and asks again after two
+reports (RedisCounters._after_slices).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -33,20 +35,23 @@ MIN_REQUESTS = 8  # in one interval (160 a second): fewer are served one round t
 MAX_LOCAL = 100_000  # requests admitted from slices and not settled yet (a leak would stop here)
 
 # KEYS: the counters; ARGV: for each, limit, ttl, total (what this process used of it through its
-# slice, ever), keep (held for it whatever is left: its requests in flight and what it may admit
-# until this is answered), want (more asked for, a slice's size), unit
-# (a request's amount: a slice smaller is not granted); then the process' id and the holds'
-# lifetime. The slice's field s:<id> = "bucket:hold:total": the hold replaced where it is counted,
-# the use added once (total minus the last total). Answers {hold, total held and used, used} each.
+# slice, ever), keep (its requests' holds in flight: held for it again, within what is left if its
+# hold had expired), want (more asked for: a slice's size), unit (a request's amount: a slice
+# smaller is not granted); then the process' id and the holds' lifetime. The slice's field s:<id> =
+# "bucket:hold:total": the hold replaced where it is counted, the use added once (total minus the
+# last total). 'S' is the latest bucket any slice of the key held in (a refusal asks again while
+# one may be held), 'r' the time (s) a refusal asked slices back: for a second none is granted.
+# Answers {hold, total held and used, used} each.
 _SLICE = Script("""
 local n = #KEYS
 local id, life = ARGV[6 * n + 1], tonumber(ARGV[6 * n + 2])
 local clock = redis.call('TIME')
-local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (life / 4))
+local seconds = tonumber(clock[1])
+local bucket = math.floor((seconds + tonumber(clock[2]) / 1e6) / (life / 4))
 local mine = 's:' .. id
 local now = 'b:' .. bucket
 local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
-                'b:' .. (bucket - 1), now, mine}
+                'b:' .. (bucket - 1), now, mine, 'r'}
 local out = {}
 for i = 1, n do
   local key = KEYS[i]
@@ -65,9 +70,10 @@ for i = 1, n do
   if old > 0 and at >= bucket - 4 then held = held - old else old = 0 end  -- an expired hold counts no more
   local add = math.max(0, total - reported)
   used = used + add
+  if old == 0 then keep = math.max(0, math.min(keep, limit - used - held)) end  -- held anew: what is left
   local left = limit - used - held - keep
   local grant = 0
-  if want > 0 and 2 * left >= limit then
+  if want > 0 and 2 * left >= limit and not (v[10] and tonumber(v[10]) >= seconds - 1) then
     grant = math.min(want, math.floor(left / 64))
     if grant < unit then grant = 0 end
   end
@@ -84,6 +90,7 @@ for i = 1, n do
       redis.call('HSET', key, 'o', bucket)
     end
     redis.call('HINCRBY', key, now, string.format('%d', hold))
+    redis.call('HSET', key, 'S', bucket)
   end
   if add > 0 or not v[1] then redis.call('HINCRBY', key, 'used', string.format('%d', add)) end
   if hold > 0 or v[9] or total > 0 then
@@ -118,18 +125,22 @@ class Slice:
     holds in flight), total (what its requests used, ever: reported as is, so one Slice a key and
     process for as long as Redis keeps the key: see Slices.dormant), since (total when last
     reported: the use since is not in Redis yet), acked (total Redis last answered to), outside
-    (Redis' total without this slice, then), used (Redis' settled amount, then)."""
+    (Redis' total without this slice, then), used (Redis' settled amount, then), valid (until when
+    Redis surely still holds it: its hold expires unless reported again), syncing (a report in
+    flight: nothing admitted from it until Redis answers; kept: what it held for it)."""
 
     __slots__ = ("key", "limit", "ttl", "granted", "held", "total", "since", "acked", "outside", "used",
-                 "requests", "units", "want", "unit", "seen")
+                 "requests", "units", "want", "unit", "seen", "valid", "syncing", "kept")
 
     def __init__(self, key: str, limit: int, ttl: int, total: int = 0):
         self.key, self.limit, self.ttl = key, limit, ttl
-        self.granted = self.held = self.outside = self.used = 0
+        self.granted = self.held = self.outside = self.used = self.kept = 0
         self.total = self.since = self.acked = total
         self.requests = self.units = 0  # demand in the current interval (admitted here or by Redis)
         self.want = self.unit = 0  # the slice's size to ask for; a request's amount, lately
         self.seen = time.monotonic()
+        self.valid = 0.0
+        self.syncing = False
 
     def free(self) -> int:
         return self.granted - self.held - (self.total - self.since)
@@ -149,15 +160,22 @@ class Slices:
         self.demand: dict[str, list] = {}  # key -> [requests, units] this interval, before it has a slice
         self.interval_ends = self.sweep_at = 0.0
         self.task: asyncio.Task | None = None
+        self.closed = False  # drained (the process stopping): what its requests in flight settle is reported at once
+        self.lock = asyncio.Lock()
 
     def admit(self, counters, hold_id: str) -> Admitted | None:
         """The reservation's outcome when every counter's slice covers it, the request then admitted
         here; else None (nothing changed)."""
         table = self.table
         slices = []
+        now = time.monotonic()
         for c in counters:
             s = table.get(c.key)
-            if s is None:
+            if s is None or s.syncing or now > s.valid:
+                return None
+            if c.limit != s.limit:  # the operator changed it: Redis decides until the next report
+                s.limit = c.limit
+                s.granted = min(s.granted, s.held + s.total - s.since)
                 return None
             need = c.hold + c.use
             if c.need > need:
@@ -165,7 +183,7 @@ class Slices:
             if s.granted - s.held - s.total + s.since < need:
                 return None
             slices.append(s)
-        if len(self.local) >= MAX_LOCAL:
+        if len(self.local) >= MAX_LOCAL or self.closed:
             return None
         results, used = [], []
         settles = False  # a request with holds (tokens, spend) is settled here later
@@ -198,7 +216,7 @@ class Slices:
                 s.units += c.hold + c.use
                 busy = busy or s.requests >= MIN_REQUESTS
                 continue
-            if c.limit is None:
+            if c.limit is None or self.closed:
                 continue
             seen = demand.get(c.key)
             if seen is None:
@@ -219,7 +237,8 @@ class Slices:
         for item in items:
             s = self.table.get(item[0]) if item[0] in keys else None
             if s is None:
-                rest.append((item[0], 0, item[2], item[3]))
+                if item[2]:
+                    rest.append((item[0], 0, item[2], item[3]))
                 continue
             s.held = max(0, s.held - item[1])
             s.total += item[2]
@@ -230,16 +249,16 @@ class Slices:
         return bool(hold_id) and hold_id in self.local
 
     def report(self, last: bool = False) -> tuple[list[Slice], list[str], list]:
-        """The slices to report now with the script's keys and args; quiet ones that hold nothing
-        and owe nothing Redis has not answered to made dormant. last: the process is stopping:
-        everything but the requests in flight given back."""
+        """The slices to report now with the script's keys and args (frozen until Redis answers);
+        quiet ones that hold nothing and owe nothing Redis has not answered to made dormant. last:
+        the process is stopping: everything but the requests in flight given back."""
         now = time.monotonic()
         chosen, keys, args = [], [], []
         for key, s in list(self.table.items()):
-            # Asked: twice the last busy interval's use, halved each interval since (bursts keep theirs).
-            s.want = max(2 * s.units, s.want // 2) if s.requests >= MIN_REQUESTS and not last else s.want // 2
-            if last:
-                s.want = 0
+            # Asked: twice the last busy interval's use, an eighth less each interval since (bursts a
+            # few intervals apart keep theirs; a refusal elsewhere asks unused slices back at once).
+            busy = s.requests >= MIN_REQUESTS and not last
+            s.want = max(2 * s.units, s.want * 7 // 8) if busy else (0 if last else s.want * 7 // 8)
             if s.requests:
                 s.unit = s.units // s.requests
                 s.seen = now
@@ -250,12 +269,10 @@ class Slices:
                 s.requests = s.units = 0
                 continue
             s.requests = s.units = 0
-            # Until Redis answers, the slice is what it will hold at least: the requests in flight and
-            # half of what is free (kept), the use reported counted.
-            s.granted, s.since = s.held + (0 if last else max(0, s.free()) // 2), s.total
+            s.syncing, s.kept, s.since = True, s.held, s.total
             chosen.append(s)
             keys.append(key)
-            args += [s.limit, s.ttl, s.total, s.granted, s.want, s.unit]
+            args += [s.limit, s.ttl, s.total, s.held, s.want, s.unit]
         if now >= self.sweep_at:
             self.sweep_at = now + 60
             for key in [k for k, (_, until) in self.dormant.items() if until <= now]:
@@ -263,13 +280,21 @@ class Slices:
         return chosen, keys, args
 
     @staticmethod
-    def answered(chosen: list[Slice], reported: list[int], answer: list[int]):
+    def answered(chosen: list[Slice], reported: list[int], answer: list[int], valid: float):
         for s, total, hold, cur, used in zip(chosen, reported, answer[0::3], answer[1::3], answer[2::3]):
             s.granted, s.acked, s.outside, s.used = hold, total, cur - hold, used
+            s.valid, s.syncing = valid, False
+
+    @staticmethod
+    def unanswered(chosen: list[Slice]):
+        """Redis' state unknown: the slice is what Redis holds for it either way (its requests in
+        flight when reported) until a report is answered."""
+        for s in chosen:
+            s.granted, s.syncing = s.kept, False
 
     async def run(self, pipe_of, life_of):
         """Reports every SYNC_S while any slice holds something or is wanted."""
-        while self.table:
+        while self.table and not self.closed:
             await asyncio.sleep(SYNC_S)
             await self._report(pipe_of, life_of)
 
@@ -278,19 +303,44 @@ class Slices:
         if not chosen:
             return
         reported = [s.since for s in chosen]
+        life = life_of()
         try:
-            answer = await pipe_of().script(_SLICE, keys, args + [self.id, life_of()])
-        except Exception as exc:  # Redis down or slow: the slices stay what Redis surely holds
-            log.debug("limits: reporting slices failed (%s)", type(exc).__name__)
-            return
-        self.answered(chosen, reported, answer)
+            answer = await pipe_of().script(_SLICE, keys, args + [self.id, life])
+        except BaseException as exc:  # Redis down or slow, or cancelled: what Redis surely holds
+            self.unanswered(chosen)
+            if isinstance(exc, Exception):
+                log.debug("limits: reporting slices failed (%s)", type(exc).__name__)
+                return
+            raise
+        # A hold lasts a lifetime from its bucket's start at least: admitting from it stops well before.
+        self.answered(chosen, reported, answer, time.monotonic() + life * 0.75)
 
     async def drain(self, pipe_of, life_of):
         """The process stopping: the use its slices admitted reported and what they hold given back
-        (else a budget's share stays held until it expires, minutes after a deploy)."""
-        if self.task is not None and not self.task.done():
+        (else a budget's share stays held until it expires, minutes after a deploy), then its records
+        in the keys dropped (no report of this process can come again)."""
+        self.closed = True
+        if self.running():
             self.task.cancel()
-        await self._report(pipe_of, life_of, last=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.final(pipe_of, life_of, list(self.dormant))
+
+    async def final(self, pipe_of, life_of, dormant=()):
+        """Drained: reported again (as a request in flight then settles), and the records of the
+        slices that hold nothing more dropped, with the slices."""
+        async with self.lock:
+            await self._report(pipe_of, life_of, last=True)
+            done = [k for k, s in self.table.items() if not s.held and not s.syncing and s.acked == s.total]
+            for key in done:
+                del self.table[key]
+            self.dormant.clear()
+            if done or dormant:
+                pipe = pipe_of()
+                try:
+                    await asyncio.gather(*(pipe.call("HDEL", key, f"s:{self.id}") for key in (*done, *dormant)))
+                except Exception as exc:  # left in keys that expire, or in a total budget's (a few bytes)
+                    log.debug("limits: dropping the slices' records failed (%s)", type(exc).__name__)
 
     def running(self) -> bool:
         task = self.task

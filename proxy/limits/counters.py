@@ -324,6 +324,10 @@ class RedisCounters(SyncRedis):
             answer = await self._pipe().script(_RESERVE, [c.key for c in counters], _reserve_args(counters, hold_id))
         except Exception as exc:  # redis errors, timeouts, OS errors: all mean no shared counters now
             self._down(exc)
+        return await self._decided(counters, answer, hold_id, again)
+
+    async def _decided(self, counters: list[Counter], answer: list[int], hold_id: str, again: bool = True):
+        """_outcome(); a refusal while slices may hold part of the limit asked once more."""
         try:
             return self._outcome(counters, answer)
         except Refused as refused:
@@ -386,12 +390,7 @@ class RedisCounters(SyncRedis):
             raise
         except Exception as exc:
             self._down(exc)
-        try:
-            return self._outcome(counters, reply)
-        except Refused as refused:
-            if not refused.sliced:
-                raise
-        return await self._after_slices(counters, hold_id)
+        return await self._decided(counters, reply, hold_id)
 
     def outcome(self, counters: list[Counter], answer: asyncio.Future) -> list[tuple[int, int]] | None:
         """The holds start()'s finished future made, without raising: None when it made none (refused,
@@ -567,7 +566,7 @@ local = MemoryCounters()  # this process's own: without Redis, and while Redis i
 async def drain():
     """At shutdown: the shared counters' slices reported and given back (1 s at most)."""
     backend = _current[1] if _current else None
-    if isinstance(backend, RedisCounters) and backend.slices.table:
+    if isinstance(backend, RedisCounters) and (backend.slices.table or backend.slices.dormant):
         try:
             await asyncio.wait_for(backend.slices.drain(backend._pipe, hold_life), 1.0)
         except (TimeoutError, asyncio.TimeoutError):

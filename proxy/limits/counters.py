@@ -22,6 +22,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from proxy.limits.buckets import bucket_script
 from proxy.limits.slices import SYNC_S, Admitted, Slices
 from proxy.redis_pipe import Script, in_background, lost_script, loop_pipe
 from proxy.redis_sync import SyncRedis
@@ -161,44 +162,34 @@ class MemoryCounters:
         return {"ok": True, "backend": self.backend}
 
 
-# Holds with an id are counted in the field b:<bucket> of the time bucket they were made in, a
-# quarter of hold_life() wide; the five latest buckets count, so a hold never settled stops counting
-# between 1 and 1.25 lifetimes after it was made (a process killed mid-request frees its holds) at no
-# cost per call. 'o' is the latest bucket a hold was made in: when a later one opens, the fields of
-# those between that no longer count are deleted (every b: field is within 'o' - 4 to 'o'), however
-# long the key went without a hold. h:<id> records the request's bucket until it is settled, so a
+# The holds' buckets: buckets.py. h:<id> records the request's bucket until it is settled, so a
 # settlement retried after a lost answer counts once; it is kept once per request, in its anchor: of
 # the counters it holds on, the one kept longest (a budget's, ttl 0 being forever; the first on a tie),
 # which reserve and settle pick alike from the same ttls. Holds without an id (tests, the API's
 # symmetry) are in the field 'held'. Every redis.call costs about a microsecond of Redis' one thread
 # on top of its command, so each is counted: a request with six counters makes 14 here, 11 settling.
-# The buckets go by Redis' clock (TIME), not each host's: one host's clock a little ahead of another's
-# would hold in a bucket the other does not count yet, and both could take the last of a budget.
 # KEYS: the counters; ARGV: for each counter limit (-1: none), need, hold, use, ttl; then the hold id
 # ('': none) and the holds' lifetime. Answers {0, index, current, used, 1 if slices may hold some of
 # it} when one refuses (nothing changed but the slices asked back), else {1, held1, total1, used1, ...}.
-_RESERVE = Script("""
+_RESERVE = bucket_script("""
 local n = #KEYS
 local id = ARGV[5 * n + 1]
-local clock = redis.call('TIME')
-local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[5 * n + 2]) / 4))
-local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
-                'b:' .. (bucket - 1), 'b:' .. bucket, 'S'}
-local cur, used, fresh, opened = {}, {}, {}, {}
+local seconds, bucket = bucket_now(tonumber(ARGV[5 * n + 2]))
+local fields = counted(bucket)
+fields[9] = 'S'
+local cur, used, fresh, got = {}, {}, {}, {}
 for i = 1, n do
   local v = redis.call('HMGET', KEYS[i], unpack(fields))
-  local held = (tonumber(v[2]) or 0) + (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0)
-               + (tonumber(v[7]) or 0) + (tonumber(v[8]) or 0)
   used[i] = tonumber(v[1]) or 0
-  cur[i] = used[i] + held
+  cur[i] = used[i] + held_in(v)
   fresh[i] = not v[1]
-  opened[i] = tonumber(v[3])
+  got[i] = v
   local limit = tonumber(ARGV[5 * i - 4])
   if limit >= 0 and cur[i] + tonumber(ARGV[5 * i - 3]) > limit then
     local sliced = 0  -- a process' slice may hold some of it (slices.py): asked back, and ask again
     if v[9] and tonumber(v[9]) >= bucket - 4 then
       sliced = 1
-      redis.call('HSET', KEYS[i], 'r', clock[1])
+      redis.call('HSET', KEYS[i], 'r', seconds)
     end
     return {0, i - 1, cur[i], used[i], sliced}
   end
@@ -215,18 +206,7 @@ for i = 1, n do
   if id == '' then
     if hold ~= 0 then redis.call('HINCRBY', KEYS[i], 'held', string.format('%d', hold)) end
   elseif asked > 0 then
-    if hold ~= 0 then
-      local last = opened[i]
-      if not last or bucket > last then  -- a new bucket: the fields of those no longer counted go
-        if last then
-          local gone = {}
-          for b = last - 4, math.min(last, bucket - 5) do gone[#gone + 1] = 'b:' .. b end
-          if #gone > 0 then redis.call('HDEL', KEYS[i], unpack(gone)) end
-        end
-        redis.call('HSET', KEYS[i], 'o', bucket)
-      end
-      redis.call('HINCRBY', KEYS[i], 'b:' .. bucket, string.format('%d', hold))
-    end
+    if hold ~= 0 then hold_in(KEYS[i], got[i], bucket, hold) end
     local life = ttl > 0 and ttl or math.huge
     if life > kept then anchor, kept = i, life end
   end
@@ -244,7 +224,7 @@ return out
 # longer counted) the use only; else the holds are released and the use counted. A bucket's field
 # left at 0 goes when its bucket no longer counts. The others (spend counted without a reservation,
 # holds without an id) as told; a key the use made is given its ttl.
-_SETTLE = Script("""
+_SETTLE = bucket_script("""
 local n = #KEYS
 local id, tracked = ARGV[3 * n + 1], tonumber(ARGV[3 * n + 2])
 local count, at = true, nil
@@ -259,8 +239,7 @@ if tracked > 0 then
   count = at ~= false
   if count then
     redis.call('HDEL', KEYS[anchor], 'h:' .. id)
-    local clock = redis.call('TIME')
-    local bucket = math.floor((tonumber(clock[1]) + tonumber(clock[2]) / 1e6) / (tonumber(ARGV[3 * n + 3]) / 4))
+    local _, bucket = bucket_now(tonumber(ARGV[3 * n + 3]))
     at = tonumber(at)
     if at < bucket - 4 then at = nil end  -- no longer counted: nothing to release
   end

@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 
-from proxy.redis_pipe import Script
+from proxy.limits.buckets import bucket_script
 
 log = logging.getLogger(__name__)
 SYNC_S = 0.05
@@ -42,16 +42,14 @@ MAX_LOCAL = 100_000  # requests admitted from slices and not settled yet (a leak
 # last total). 'S' is the latest bucket any slice of the key held in (a refusal asks again while
 # one may be held), 'r' the time (s) a refusal asked slices back: for a second none is granted.
 # Answers {hold, total held and used, used} each.
-_SLICE = Script("""
+_SLICE = bucket_script("""
 local n = #KEYS
-local id, life = ARGV[6 * n + 1], tonumber(ARGV[6 * n + 2])
-local clock = redis.call('TIME')
-local seconds = tonumber(clock[1])
-local bucket = math.floor((seconds + tonumber(clock[2]) / 1e6) / (life / 4))
+local id = ARGV[6 * n + 1]
+local seconds, bucket = bucket_now(tonumber(ARGV[6 * n + 2]))
+seconds = tonumber(seconds)
 local mine = 's:' .. id
-local now = 'b:' .. bucket
-local fields = {'used', 'held', 'o', 'b:' .. (bucket - 4), 'b:' .. (bucket - 3), 'b:' .. (bucket - 2),
-                'b:' .. (bucket - 1), now, mine, 'r'}
+local fields = counted(bucket)
+fields[9], fields[10] = mine, 'r'
 local out = {}
 for i = 1, n do
   local key = KEYS[i]
@@ -60,8 +58,7 @@ for i = 1, n do
   local want, unit = tonumber(ARGV[6 * i - 1]), tonumber(ARGV[6 * i])
   local v = redis.call('HMGET', key, unpack(fields))
   local used = tonumber(v[1]) or 0
-  local held = (tonumber(v[2]) or 0) + (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0)
-               + (tonumber(v[7]) or 0) + (tonumber(v[8]) or 0)
+  local held = held_in(v)
   local at, old, reported = 0, 0, 0
   if v[9] then
     local a, h, t = string.match(v[9], '^(%-?%d+):(%d+):(%d+)$')
@@ -80,16 +77,7 @@ for i = 1, n do
   local hold = keep + grant
   if old > 0 then redis.call('HINCRBY', key, 'b:' .. at, string.format('%d', -old)) end
   if hold > 0 then
-    local last = tonumber(v[3])
-    if not last or bucket > last then
-      if last then
-        local gone = {}
-        for b = last - 4, math.min(last, bucket - 5) do gone[#gone + 1] = 'b:' .. b end
-        if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
-      end
-      redis.call('HSET', key, 'o', bucket)
-    end
-    redis.call('HINCRBY', key, now, string.format('%d', hold))
+    hold_in(key, v, bucket, hold)
     redis.call('HSET', key, 'S', bucket)
   end
   if add > 0 or not v[1] then redis.call('HINCRBY', key, 'used', string.format('%d', add)) end

@@ -17,7 +17,7 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
 - A request phase may leave a check in flight instead of waiting for it: ``ex.call.gate``, an
                     async callable (the limits' reservation, while Redis answers). It is passed
                     before the next policy's request phase, before a policy's answer is sent, and
-                    otherwise just before the provider is called (once aiohttp has built the
+                    otherwise just before the provider is called (once the upstream client has built the
                     request): the gateway's own work overlaps the round trip. Its refusal is the
                     request's answer. A gate never passed (the request failed first) is the
                     policy's to clean up in its log phase.

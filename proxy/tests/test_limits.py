@@ -535,7 +535,7 @@ def test_a_reservation_left_in_flight_when_redis_lost_its_scripts_is_made_once(
 
 def test_a_request_that_ends_before_it_waits_for_its_reservation_leaves_no_hold(
         limited, gateway, own_redis, clock, settings, fake_upstream):
-    """A request that fails between its reservation and the upstream call (here aiohttp refuses the
+    """A request that fails between its reservation and the upstream call (here the upstream client refuses the
     URL before the gate), or whose client leaves while Redis is busy answering the reservation:
     its holds are settled when Redis answers; the request still counts against the rate."""
     import threading

@@ -54,7 +54,7 @@ def _retained_after_request(url: str, use_uvloop: bool) -> tuple[bool, bool]:
 @pytest.mark.parametrize("use_uvloop", [False, True])
 def test_a_pooled_upstream_connection_does_not_keep_the_call_that_opened_it(fake_upstream_server, settings,
                                                                               use_uvloop):
-    """A connection aiohttp opens while the gate is passed copies the context into its reader
+    """A connection opened for the call copies the context it is opened in into its reader
     callback: the gate (the Call, with its prompt and the body with the provider's key) must not be
     in it, or it lives as long as the pooled connection."""
     alive_while_pooled, alive_after_close = _retained_after_request(fake_upstream_server.url, use_uvloop)

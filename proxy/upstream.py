@@ -78,6 +78,16 @@ class Reply:
     ttfb_s: float
 
 
+def _chunks(response: httpx.Response):
+    """The body as the transport hands it over; through httpx's decoders only when the provider
+    compressed it (none is asked to: Response.aread() cost 20 us a call more, for nothing)."""
+    return response.aiter_bytes() if "content-encoding" in response.headers else response.stream
+
+
+async def _read(response: httpx.Response) -> bytes:
+    return b"".join([chunk async for chunk in _chunks(response)])
+
+
 def _decode(raw: bytes):
     try:
         return orjson.loads(raw)
@@ -118,7 +128,7 @@ async def send(provider: Provider, req: UpstreamRequest, timeout: float | None =
             response = await client().post_json(req.url, req.headers, req.body, gate)
             ttfb = time.perf_counter() - started
             try:
-                raw = await response.aread()
+                raw = await _read(response)
             finally:
                 await response.aclose()
     except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
@@ -154,11 +164,11 @@ async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None
                 response = await client().post_json(req.url, req.headers, req.body, gate)
                 stack.push_async_callback(response.aclose)
                 if response.status_code >= 400:
-                    body = _decode(await response.aread())
+                    body = _decode(await _read(response))
                     raise provider.classify_error(response.status_code, body, dict(response.headers))
         except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
             raise _failure(provider, exc) from exc
-        events = iter_events(response.aiter_bytes(), provider.stream_format)
+        events = iter_events(_chunks(response), provider.stream_format)
         yield time.perf_counter() - started, _guard(provider, events, deadline)
 
 

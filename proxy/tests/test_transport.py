@@ -312,3 +312,21 @@ def test_an_answer_split_anywhere_reads_the_same(cuts, chunked):
             assert (await call(transport, server.url))[:2] == (200, body)
             assert transport.opened == 1
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_the_gateway_reads_a_compressed_answer_decompressed_and_a_plain_one_as_sent(encoding):
+    import gzip
+
+    from proxy import upstream
+
+    payload = gzip.compress(BODY) if encoding else BODY
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n" % len(payload)
+    answer = head + (b"content-encoding: gzip\r\n" if encoding else b"") + b"\r\n" + payload
+
+    async def main():
+        async with Server(lambda n, head, body: answer) as server:
+            response = await Transport().handle_async_request(httpx.Request("POST", server.url + "/x", content=b""))
+            assert await upstream._read(response) == BODY
+            await response.aclose()
+    asyncio.run(main())

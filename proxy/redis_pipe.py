@@ -225,6 +225,15 @@ class Pipe:
         settlement nobody waits for) rides along with the next write, or goes within LAZY_S."""
         return self._send(self.proto, args, lazy)
 
+    def send_now(self, *args) -> asyncio.Future:
+        """send(), written at once when no write waits for an answer (as start() is): a read sent
+        ahead is answered while the caller goes on, not only once it yields to the loop."""
+        proto = self.proto
+        future = self._send(proto, args)
+        if proto.unanswered <= 0:
+            proto.write()
+        return future
+
     def _send(self, proto: _Protocol, args: tuple, lazy: bool = False, place=None) -> asyncio.Future:
         loop = self.loop
         command = hiredis.pack_command(args)  # first: one that cannot be packed must leave no answer awaited

@@ -130,7 +130,7 @@ class RedisStore(SyncRedis):
         pipe = self._pipe()
         if time.monotonic() < self.down_until or pipe.proto is None or pipe.proto.lost:
             return None
-        started = pipe.send("GET", self.entry(key))
+        started = pipe.send_now("GET", self.entry(key))
         started.add_done_callback(_retrieved)  # never awaited when an earlier policy refuses
         return started
 

@@ -10,10 +10,11 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
                     ClientError (a refusal), or return an Answer (a cache hit): the upstream
                     is not called and later policies' request phases do not run.
 - ``lookahead(ex)`` starts a read the policy's request phase will await (the cache's lookup),
-                    just before the request phase of the policy before it when that one only
-                    reads the exchange (``reads_only``: the limits): the two wait on Redis at
-                    once, not one after the other. Shows the client and the trace nothing; its
-                    read is dropped when the earlier policy refuses.
+                    before the first request phase: Redis answers it while the policies before
+                    run. Shows the client and the trace nothing; its read is dropped when an
+                    earlier policy refuses. It reads the call as it is then: the policy's request
+                    phase checks that what it read still holds (an earlier policy may have changed
+                    the call: the guardrails redact the prompt, so the cache's key would be stale).
 - A request phase may leave a check in flight instead of waiting for it: ``ex.call.gate``, an
                     async callable (the limits' reservation, while Redis answers). It is passed
                     before the next policy's request phase, before a policy's answer is sent, and
@@ -82,9 +83,6 @@ class Exchange:
 
 class Policy:
     name = "policy"
-    reads_only = False  # its request phase never changes what a lookahead reads (the prompt, the route,
-                        # the headers): a later policy's lookahead may start before it
-
     def lookahead(self, ex: Exchange) -> None:
         return None
 
@@ -113,10 +111,7 @@ class Chain:
         self.policies = tuple(policies)
         self.passthroughs = tuple(p for p in policies if _implements(p, "passthrough"))
         self.requests = tuple(p for p in policies if _implements(p, "request"))
-        # Each request phase with the next one's lookahead, run just before it when it only reads.
-        self.steps = tuple((p, getattr(after, "lookahead", None) if after is not None and p.reads_only
-                            and _implements(after, "lookahead") else None)
-                           for p, after in zip(self.requests, self.requests[1:] + (None,)))
+        self.lookaheads = tuple(p.lookahead for p in self.requests[1:] if _implements(p, "lookahead"))
         self.chunks = tuple(p for p in policies if _implements(p, "chunk"))
         self.responses = tuple(p for p in policies if _implements(p, "response"))
         self.logs = tuple(p for p in policies if _implements(p, "log"))
@@ -129,9 +124,9 @@ class Chain:
 
     async def request(self, ex: Exchange) -> Answer | None:
         call = ex.call
-        for policy, lookahead in self.steps:
-            if lookahead is not None:
-                lookahead(ex)
+        for lookahead in self.lookaheads:
+            lookahead(ex)
+        for policy in self.requests:
             if call.gate is not None:  # an earlier policy's check, passed before this one runs
                 await call.pass_gate()
             answer = await policy.request(ex)

@@ -79,7 +79,7 @@ class CachePolicy(Policy):
         return index()
 
     def lookahead(self, ex: Exchange) -> None:
-        """The Redis lookup sent while the limits wait on their reservation (one round trip, not two)."""
+        """The Redis lookup sent before the guardrails and the limits run: it is answered meanwhile."""
         store = self.store
         if store.backend != "redis" or ex.call.is_native:
             return
@@ -116,9 +116,11 @@ class CachePolicy(Policy):
         ex.out["x-smartflow-cache"] = "BYPASS"
         if ex.call.is_native:
             return None
-        state = ahead or self._prepare(ex)
+        state = self._prepare(ex)
         if state is None:
             return None
+        if ahead is not None and ahead.key == state.key:  # else the guardrails redacted the prompt
+            state.started = ahead.started
         ex.state["cache"] = state
         try:
             answer = await self._lookup(ex, state) if state.lookup else None

@@ -58,7 +58,6 @@ class Held:
 
 class LimitsPolicy(Policy):
     name = "limits"
-    reads_only = True  # the cache's lookup goes to Redis with the reservation
 
     def __init__(self):
         self.rows: dict[tuple, tuple] = {}  # (key, team, limits, window, period) -> its counters' rows

@@ -574,3 +574,32 @@ def test_a_configured_ttl_of_zero_stores_nothing(cached, settings, proxy_client,
     assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "MISS"]
     settings.SMARTFLOW_CACHE_TTL = 3600  # and the store still works right after (no back-off was caused)
     assert [post(proxy_client, body).headers["x-smartflow-cache"] for _ in range(2)] == ["MISS", "HIT"]
+
+
+def test_an_entry_stored_before_a_redact_rule_never_answers_the_redacted_prompt(cached, proxy_client, fake_upstream):
+    """The lookup goes to Redis before the guardrails run, keyed on the prompt as the client sent it.
+    Once a rule redacts that prompt, the entry stored under the unredacted key must not answer it."""
+    from proxy.models import GuardrailPolicy
+    from proxy.policies.guardrails import policies as guardrail_policies
+
+    if stores.current().backend != "redis":
+        pytest.skip("the lookup sent ahead is the Redis store's (REDIS_URL)")
+    email = "jane.roe@example.org"
+    body = chat(f"write to {email} {uuid.uuid4().hex}")
+    assert post(proxy_client, body).headers["x-smartflow-cache"] == "MISS"
+    assert post(proxy_client, body).headers["x-smartflow-cache"] == "HIT"
+    GuardrailPolicy.objects.create(name="pii", kind="pii", action="redact", on="both")
+    guardrail_policies.invalidate()
+    guardrail_policies.get_sync()
+    try:
+        r = post(proxy_client, body)
+        assert r.status_code == 200 and r.headers["x-smartflow-cache"] == "MISS"
+        assert upstream_calls(fake_upstream) == 2
+        last = [q for q in fake_upstream.requests if q.provider != "unknown"][-1]
+        assert email not in last.raw.decode() and "<EMAIL_ADDRESS>" in last.raw.decode()
+        assert post(proxy_client, body).headers["x-smartflow-cache"] == "HIT"  # the redacted prompt's own entry
+        assert upstream_calls(fake_upstream) == 2
+    finally:
+        GuardrailPolicy.objects.all().delete()
+        guardrail_policies.invalidate()
+        guardrail_policies.get_sync()

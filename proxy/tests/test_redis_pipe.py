@@ -93,6 +93,24 @@ def test_a_started_script_is_written_at_once_unless_a_write_waits_for_its_answer
     asyncio.run(main())
 
 
+def test_a_command_sent_now_is_written_at_once_unless_a_write_waits_for_its_answer(redis_server):
+    """send_now() (the cache's lookup sent ahead): as start() for a plain command."""
+    _, url = redis_server()
+
+    async def main():
+        pipe, writes = await connected(url)
+        first = pipe.send_now("ECHO", "ahead")
+        assert len(writes) == 1  # before this coroutine yielded
+        assert await first == b"ahead"
+        slow = asyncio.ensure_future(pipe.script(SLOW, [], [100_000]))
+        await asyncio.sleep(0.02)
+        second, third = pipe.send_now("ECHO", "b"), pipe.send_now("ECHO", "c")
+        assert len(writes) == 2  # held back behind the busy script
+        assert (await slow, await second, await third) == (1, b"b", b"c")
+        assert len(writes) == 3  # the two together
+    asyncio.run(main())
+
+
 def test_a_posted_script_answers_its_callback_in_step_with_the_awaited_calls(redis_server):
     _, url = redis_server()
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")

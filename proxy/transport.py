@@ -63,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.framed = False  # the body's end is told (a length, or chunked): else it ends with the connection
         self.error: Exception | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
 
@@ -83,7 +84,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         self.pool.forget(self)
-        if self.head is None or self.complete:
+        if self.head is None or self.complete or self.error is not None:
             return
         if self.head.done() and not self.framed:  # the body ran to the end of the connection
             self.on_message_complete()
@@ -180,9 +181,21 @@ class _Connection(asyncio.Protocol):
                 finally:
                     self.waiter = None
 
+    def expire_at(self, when: float):
+        """The body must be whole by then (loop time): one timer for a whole stream, not one a read."""
+        self.timer = asyncio.get_running_loop().call_at(when, self._expired)
+
+    def _expired(self):
+        self.timer = None
+        if not self.complete:
+            self._fail(httpx.ReadTimeout("the answer was not whole within its deadline"))
+            self.transport.close()
+
     def done(self):
         """The call is over: back to the pool when its answer was read whole and the provider keeps
         the connection, else closed (an answer left unread closes it: the provider stops)."""
+        if self.timer is not None:
+            self.timer.cancel()
         reusable = self.complete and self.keep_alive and not (self.chunks or self.spoiled or self.closed)
         self._reset()
         if reusable:
@@ -243,7 +256,10 @@ class _Pool:
 
 
 class Transport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 to any number of origins, at most max_connections open at once (a call waits for one)."""
+    """HTTP/1.1 to any number of origins, at most max_connections open at once (a call waits for one).
+
+    A request's extensions: "timeout" as httpx's (connect and pool are used), and "deadline", the
+    loop time by which its answer's body must be whole, or reading it raises httpx.ReadTimeout."""
 
     def __init__(self, max_connections: int = 100, keepalive_s: float = 30.0):
         self.max_connections = max_connections
@@ -294,6 +310,9 @@ class Transport(httpx.AsyncBaseTransport):
                 connection.close()
                 raise
             headers, connection.headers = connection.headers, []
+            deadline = request.extensions.get("deadline")
+            if deadline is not None:
+                connection.expire_at(deadline)
             return httpx.Response(status, headers=headers, stream=_Body(connection),
                                   extensions={"http_version": b"HTTP/1.1"})
 

@@ -34,11 +34,13 @@ class UpstreamClient(httpx.AsyncClient):
         self._timeout_ext = timeout.as_dict()
         self._urls: dict[str, httpx.URL] = {}
 
-    async def post_json(self, url: str, headers: dict[str, str], body: dict, gate=None) -> httpx.Response:
+    async def post_json(self, url: str, headers: dict[str, str], body: dict, gate=None,
+                        deadline: float | None = None) -> httpx.Response:
         """Sends the request and returns once the headers are in; the body streams.
 
         gate: an async callable awaited after the request is built and before it is sent, whose
-        exception (a refusal) is raised as it is: Redis answers a reservation meanwhile.
+        exception (a refusal) is raised as it is: Redis answers a reservation meanwhile. deadline:
+        the loop time by which the body must be whole (reading it later raises httpx.ReadTimeout).
         """
         parsed = self._urls.get(url)
         if parsed is None:
@@ -47,8 +49,9 @@ class UpstreamClient(httpx.AsyncClient):
             parsed = self._urls[url] = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"the URL's scheme is not http or https: {parsed.scheme!r}")
-        request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body),
-                                extensions={"timeout": self._timeout_ext})
+        extensions = {"timeout": self._timeout_ext} if deadline is None else {"timeout": self._timeout_ext,
+                                                                             "deadline": deadline}
+        request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body), extensions=extensions)
         if gate is not None:
             await gate()
         return await self._transport.handle_async_request(request)
@@ -161,7 +164,7 @@ async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None
     async with AsyncExitStack() as stack:
         try:
             async with asyncio.timeout_at(deadline):
-                response = await client().post_json(req.url, req.headers, req.body, gate)
+                response = await client().post_json(req.url, req.headers, req.body, gate, deadline)
                 stack.push_async_callback(response.aclose)
                 if response.status_code >= 400:
                     body = _decode(await _read(response))
@@ -169,16 +172,15 @@ async def stream(provider: Provider, req: UpstreamRequest, timeout: float | None
         except (httpx.HTTPError, OSError) as exc:  # TimeoutError is an OSError
             raise _failure(provider, exc) from exc
         events = iter_events(_chunks(response), provider.stream_format)
-        yield time.perf_counter() - started, _guard(provider, events, deadline)
+        yield time.perf_counter() - started, _guard(provider, events)
 
 
-async def _guard(provider: Provider, events, deadline: float):
-    """Parsed events, with transport failures and the deadline turned into UpstreamError."""
+async def _guard(provider: Provider, events):
+    """Parsed events, with transport failures and the deadline (the transport's) turned into UpstreamError."""
     iterator = events.__aiter__()
     while True:
         try:
-            async with asyncio.timeout_at(deadline):
-                event = await iterator.__anext__()
+            event = await iterator.__anext__()
         except StopAsyncIteration:
             return
         except (httpx.HTTPError, OSError) as exc:

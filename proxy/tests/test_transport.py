@@ -330,3 +330,27 @@ def test_the_gateway_reads_a_compressed_answer_decompressed_and_a_plain_one_as_s
             assert await upstream._read(response) == BODY
             await response.aclose()
     asyncio.run(main())
+
+
+def test_a_body_not_whole_by_its_deadline_times_out_and_closes_the_connection(run):
+    trickle = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"] + [b"2\r\nab\r\n"] * 30 + [b"0\r\n\r\n"]
+
+    async def main():
+        async with Server(lambda n, head, body: trickle) as server:  # about 0.3 s: a part each 10 ms
+            transport = Transport()
+            loop = asyncio.get_running_loop()
+            request = httpx.Request("POST", server.url + "/x", content=b"", extensions={"deadline": loop.time() + 0.1})
+            response = await transport.handle_async_request(request)
+            got = []
+            with pytest.raises(httpx.ReadTimeout):
+                async for chunk in response.aiter_raw():
+                    got.append(chunk)
+            assert 0 < len(b"".join(got)) < 60
+            await response.aclose()
+            await until(lambda: server.open == 0)
+            request = httpx.Request("POST", server.url + "/x", content=b"", extensions={"deadline": loop.time() + 5})
+            response = await transport.handle_async_request(request)
+            assert await response.aread() == b"ab" * 30  # in time: whole, and its timer gone with it
+            await response.aclose()
+            assert transport.opened == 2 and not transport.pools[next(iter(transport.pools))].idle[0].timer
+    run(main())

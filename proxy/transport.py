@@ -11,15 +11,17 @@ A call fails with httpx's exceptions, each with the cause that tells what happen
 (from the OSError) or ConnectTimeout when no connection could be opened, NoAnswer when the provider
 closed or reset (from ConnectionResetError) the connection before a byte of an answer, CutOff when it
 did so in the middle of one, RemoteProtocolError when the answer was not HTTP. A call that may not
-have reached the provider is sent once more on a new connection: no connection could be opened, or a
-pooled one was closed before a byte of an answer (what the provider closing it at the end of its
-keep-alive, just as the call reused it, looks like). A fresh connection closed so may have carried a
-request the provider took: not sent again.
+have reached the provider is sent once more, on a new connection: no connection could be opened,
+the connection closed before it was written, or a pooled one closed without a byte of an answer
+within RESEND_WITHIN_S of the write (what the provider closing it at the end of its keep-alive, just
+as the call reused it, looks like). A fresh connection closed so, or one closed later, may have
+carried a request the provider took and worked on: not sent again.
 """
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import ssl
 import time
 from collections import deque
@@ -28,6 +30,8 @@ import httptools
 import httpx
 
 _HIGH_WATER = 256 * 1024  # bytes of a body read ahead of its reader before the socket is paused
+RESEND_WITHIN_S = 0.25  # a pooled connection closed unanswered this soon after the write: sent again
+_MAX_HEAD = 64 * 1024  # bytes of status line and headers (h11's limit; aiohttp's was 8190 a line)
 
 
 class NoAnswer(httpx.RemoteProtocolError):
@@ -48,6 +52,7 @@ class _Connection(asyncio.Protocol):
         self.served = 0  # answers read whole on it
         self.idle_since = 0.0
         self.closed = False
+        self.context = contextvars.Context()  # what the socket's callbacks run in: never a call's
         self._reset()
 
     def _reset(self):
@@ -63,6 +68,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.framed = False  # the body's end is told (a length, or chunked): else it ends with the connection
         self.error: Exception | None = None
+        self.head_bytes = 0
+        self.sent_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
@@ -75,18 +82,25 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
             return
         self.answered = True
+        heading = not self.head.done()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"the answer is not HTTP/1.1 ({exc})"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(httpx.RemoteProtocolError(f"the answer is not HTTP/1.1 ({exc!r})"))
             self.transport.close()
+            return
+        if heading and not self.head.done():  # httptools holds a header whole: a head must be bounded
+            self.head_bytes += len(data)
+            if self.head_bytes > _MAX_HEAD:
+                self._fail(httpx.RemoteProtocolError(f"the answer's head is over {_MAX_HEAD} bytes"))
+                self.transport.close()
 
     def connection_lost(self, exc):
         self.closed = True
         self.pool.forget(self)
         if self.head is None or self.complete or self.error is not None:
             return
-        if self.head.done() and not self.framed:  # the body ran to the end of the connection
+        if self.head.done() and not self.framed and exc is None:  # the body ran to the end of the connection
             self.on_message_complete()
         elif not self.answered:
             self._fail(NoAnswer("the provider closed the connection without answering"), exc)
@@ -115,8 +129,10 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim answer: the real one follows
             self.headers = []
             return
-        names = {name.lower() for name, _ in self.headers}
-        self.framed = b"content-length" in names or b"transfer-encoding" in names
+        lengths = [v for n, v in self.headers if n.lower() == b"content-length"]
+        codings = b",".join(v for n, v in self.headers if n.lower() == b"transfer-encoding")
+        # A transfer coding that does not end in chunked runs to the end of the connection (RFC 9112 6.3).
+        self.framed = bool(lengths) or codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         self.keep_alive = self.parser.should_keep_alive()  # told right only here
         if self.head is not None and not self.head.done():
             self.head.set_result(status)
@@ -153,7 +169,10 @@ class _Connection(asyncio.Protocol):
 
     async def request(self, head: bytes, body: bytes) -> int:
         """Writes one request; returns the answer's status once its headers are in."""
+        if self.closed or self.transport.is_closing():  # closed before a byte was sent
+            raise NoAnswer("the provider closed the connection before the request was sent")
         self.head = asyncio.get_running_loop().create_future()
+        self.sent_at = time.monotonic()
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
@@ -168,7 +187,8 @@ class _Connection(asyncio.Protocol):
                 self.buffered = 0
                 if self.paused:
                     self.paused = False
-                    self.transport.resume_reading()
+                    # asyncio re-registers the reader with the current context: the connection's own.
+                    self.context.run(self.transport.resume_reading)
                 yield chunk
             elif self.complete:
                 return
@@ -197,12 +217,15 @@ class _Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         reusable = self.complete and self.keep_alive and not (self.chunks or self.spoiled or self.closed)
+        waiter = self.waiter
         self._reset()
         if reusable:
             self.served += 1
             self.pool.put(self)
         else:
             self.close()
+        if waiter is not None and not waiter.done():  # a reader in another task: told, not left waiting
+            waiter.set_exception(httpx.ReadError("the response was closed while it was read"))
 
     def close(self):
         if not self.closed:
@@ -289,8 +312,9 @@ class Transport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout") or {}
         key = (url.scheme, url.host, url.port)
         pool = self.pools.get(key) or self.pools.setdefault(key, _Pool(self))
+        fresh = False
         for last in (False, True):
-            connection = pool.take()
+            connection = None if fresh else pool.take()
             pooled = connection is not None
             if connection is None:
                 try:
@@ -303,7 +327,11 @@ class Transport(httpx.AsyncBaseTransport):
                 status = await connection.request(head, body)
             except NoAnswer:
                 connection.close()
-                if pooled and not last:
+                # Nothing sent, or a pooled connection closed at once: the provider's keep-alive ran
+                # out as it was reused. Closed later, the provider may have worked on it: not again.
+                if (connection.head is None or pooled and time.monotonic() - connection.sent_at < RESEND_WITHIN_S) \
+                        and not last:
+                    fresh = True  # once more, on a new connection
                     continue
                 raise
             except BaseException:
@@ -327,8 +355,12 @@ class Transport(httpx.AsyncBaseTransport):
             try:
                 async with asyncio.timeout(timeout.get("pool")):
                     await waiter
-            except TimeoutError:
-                raise httpx.PoolTimeout("no upstream connection was free in time") from None
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self.freed()  # woken, but leaving: the next call waiting goes on instead
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout("no upstream connection was free in time") from None
+                raise
             reused = pool.take()
             if reused is not None:
                 return reused
@@ -336,9 +368,10 @@ class Transport(httpx.AsyncBaseTransport):
         pool.open.add(connection)
         loop = asyncio.get_running_loop()
         https = url.scheme == "https"
-        opening = loop.create_connection(lambda: connection, url.host, url.port or (443 if https else 80),
+        host = url.raw_host.decode("ascii")  # IDNA 2008, as the Host header says; not Python's IDNA 2003
+        opening = loop.create_connection(lambda: connection, host, url.port or (443 if https else 80),
                                          ssl=self._ssl() if https else None,
-                                         server_hostname=url.host if https else None)
+                                         server_hostname=host if https else None)
         try:
             async with asyncio.timeout(timeout.get("connect")):
                 # In a context of its own: the connection's callbacks run in the context it was made
@@ -347,7 +380,7 @@ class Transport(httpx.AsyncBaseTransport):
         except TimeoutError:
             connection.close()
             raise httpx.ConnectTimeout("could not connect in time") from None
-        except OSError as exc:
+        except (OSError, UnicodeError, ValueError) as exc:  # a name the resolver cannot encode, too
             connection.close()
             raise httpx.ConnectError(str(exc)) from exc
         except BaseException:
@@ -371,13 +404,23 @@ class Transport(httpx.AsyncBaseTransport):
 
 
 _FRAMING = (b"content-length", b"transfer-encoding")  # the body is sent whole, with its length
+_USER_AGENT = b"user-agent: smartflow"
+
+
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_FORBIDDEN = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # in a value: control characters but HTAB (CR, LF, NUL)
+_TARGET = re.compile(rb"[!-~]+")  # the request target: visible ASCII
 
 
 def _head(request: httpx.Request, body: bytes) -> bytes:
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
-    lines += [name + b": " + value for name, value in request.headers.raw if name.lower() not in _FRAMING]
+    raw, target = request.headers.raw, request.url.raw_path
+    if (not all(_NAME.fullmatch(name) for name, _ in raw) or _FORBIDDEN.search(b"".join(v for _, v in raw))
+            or not _TARGET.fullmatch(target)):
+        raise httpx.LocalProtocolError("a header name or value, or the path, holds a character HTTP/1.1 forbids")
+    names = [name.lower() for name, _ in raw]
+    lines = [name + b": " + value for (name, value), lower in zip(raw, names) if lower not in _FRAMING]
+    if b"user-agent" not in names:  # some providers' front ends turn away a request without one
+        lines.append(_USER_AGENT)
     lines.append(b"content-length: %d" % len(body))
-    head = b"\r\n".join(lines) + b"\r\n\r\n"
-    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
-        raise httpx.LocalProtocolError("a header name or value holds a line break")
-    return head
+    fields = b"\r\n".join(lines) + b"\r\n"
+    return b"%s %s HTTP/1.1\r\n%s\r\n" % (request.method.encode(), target, fields)

@@ -101,7 +101,7 @@ def test_answers_are_read_and_the_connection_is_kept(run):
             assert server.connections == 1 and transport.opened == 1
             head, sent = server.requests[0]
             assert sent == b'{"a": 1}' and head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-            assert b"content-length: 8" in head.lower()
+            assert b"content-length: 8" in head.lower() and b"\r\nuser-agent: smartflow\r\n" in head
             await transport.aclose()
     run(main())
 

@@ -129,10 +129,20 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200:  # an interim answer: the real one follows
             self.headers = []
             return
-        lengths = [v for n, v in self.headers if n.lower() == b"content-length"]
-        codings = b",".join(v for n, v in self.headers if n.lower() == b"transfer-encoding")
+        if status == 408 and self.served and time.monotonic() - self.sent_at < RESEND_WITHIN_S:
+            # The provider timed the idle connection out just as it was reused: no answer to this call.
+            self._fail(NoAnswer("the provider timed the pooled connection out (408)"))
+            self.transport.close()
+            return
+        length, coding = False, b""
+        for name, value in self.headers:
+            name = name.lower()
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                coding = value.rsplit(b",", 1)[-1].strip().lower()
         # A transfer coding that does not end in chunked runs to the end of the connection (RFC 9112 6.3).
-        self.framed = bool(lengths) or codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        self.framed = length or coding == b"chunked"
         self.keep_alive = self.parser.should_keep_alive()  # told right only here
         if self.head is not None and not self.head.done():
             self.head.set_result(status)

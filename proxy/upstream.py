@@ -87,8 +87,21 @@ def _chunks(response: httpx.Response):
     return response.aiter_bytes() if "content-encoding" in response.headers else response.stream
 
 
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # an answer read whole (not a stream): a broken provider's cannot fill memory
+
+
+class _TooLarge(httpx.ReadError):
+    pass
+
+
 async def _read(response: httpx.Response) -> bytes:
-    return b"".join([chunk async for chunk in _chunks(response)])
+    chunks, size = [], 0
+    async for chunk in _chunks(response):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _TooLarge(f"over {MAX_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode(raw: bytes):
@@ -110,6 +123,9 @@ def _failure(provider: Provider, exc: Exception) -> UpstreamError:
     if isinstance(exc, httpx.ConnectError):
         return UpstreamError("unavailable", f"{name}: could not connect to the provider "
                              f"({type(cause).__name__}). Check SMARTFLOW_{name.upper()}_BASE_URL.")
+    if isinstance(exc, _TooLarge):
+        return UpstreamError("bad_response", f"{name}: the answer is larger than the gateway reads "
+                             f"({MAX_ANSWER_BYTES // 2**20} MiB).")
     if isinstance(exc, CutOff):
         return UpstreamError("bad_response", f"{name}: the answer was cut off: the connection broke in the "
                              "middle of it.")

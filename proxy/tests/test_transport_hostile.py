@@ -336,3 +336,39 @@ def test_an_invalid_header_is_refused_before_anything_is_sent(run, name, value):
                 await Transport().handle_async_request(request)
             assert server.requests == [], server.requests
     run(main())
+
+
+def test_a_408_on_a_reused_connection_as_it_was_reused_is_sent_again(run):
+    """The provider's idle timeout answered just as the connection was reused: not this call's answer."""
+    timed_out = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+    async def main():
+        async with Server(lambda n, head, body: timed_out if n == 2 else OK) as server:
+            transport = Transport()
+            await call(transport, server.url)
+            assert (await call(transport, server.url))[:2] == (200, BODY)
+            assert len(server.requests) == 3 and transport.opened == 2
+        async with Server(lambda n, head, body: timed_out) as fresh:  # on a new connection it is the answer
+            assert (await call(Transport(), fresh.url))[0] == 408 and len(fresh.requests) == 1
+    run(main())
+
+
+def test_an_answer_larger_than_the_gateway_reads_is_a_502_naming_it(monkeypatch):
+    from proxy import upstream
+    from proxy.providers import PROVIDERS
+    from proxy.providers.base import UpstreamError, UpstreamRequest
+
+    monkeypatch.setattr(upstream, "MAX_ANSWER_BYTES", 1000)
+    big = b'{"x": "' + b"a" * 5000 + b'"}'
+
+    async def main():
+        async with Server(lambda n, head, body: [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big),
+                                                 big[:2000], big[2000:]]) as server:
+            try:
+                with pytest.raises(UpstreamError) as info:
+                    await upstream.send(PROVIDERS["openai"], UpstreamRequest(server.url + "/v1/chat/completions",
+                                                                             {}, {"model": "m"}))
+            finally:
+                await upstream.close()
+            assert info.value.kind == "bad_response" and "larger than the gateway reads" in info.value.message
+    asyncio.run(main())

@@ -119,7 +119,8 @@ async def main(url: str):
         shared_p50 = await measure("shared client (httpx + transport.py)", via_shared)
         aiohttp_p50 = await measure("aiohttp client", via_aiohttp)
         bare_p50 = await measure("bare protocol (the round trip)", via_bare)
-    print(f"  above the round trip: shared client {shared_p50 - bare_p50:.1f} us, aiohttp {aiohttp_p50 - bare_p50:.1f} us")
+    print(f"  above the round trip: shared client {shared_p50 - bare_p50:.1f} us, "
+          f"aiohttp {aiohttp_p50 - bare_p50:.1f} us")
     await session.close()
     await upstream.close()
 

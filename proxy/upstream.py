@@ -1,7 +1,7 @@
 """The only module that talks to providers over HTTP: one shared pooled client.
 
 httpx is the API; the transport is our own (proxy/transport.py): httpx's pool degrades under
-concurrency, and aiohttp's beneath httpx cost five times the round trip itself.
+concurrency, and aiohttp's beneath httpx cost twice as much a call (bench/transport_cost.py).
 """
 import asyncio
 import time
@@ -49,9 +49,8 @@ class UpstreamClient(httpx.AsyncClient):
             parsed = self._urls[url] = httpx.URL(url)
         if parsed.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"the URL's scheme is not http or https: {parsed.scheme!r}")
-        extensions = {"timeout": self._timeout_ext} if deadline is None else {"timeout": self._timeout_ext,
-                                                                             "deadline": deadline}
-        request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body), extensions=extensions)
+        request = httpx.Request("POST", parsed, headers=headers, content=orjson.dumps(body),
+                                extensions={"timeout": self._timeout_ext, "deadline": deadline})
         if gate is not None:
             await gate()
         return await self._transport.handle_async_request(request)

@@ -18,8 +18,8 @@ class that overrides the phases it needs (the base class's are no-ops and are sk
 - A request phase may leave a check in flight instead of waiting for it: ``ex.call.gate``, an
                     async callable (the limits' reservation, while Redis answers). It is passed
                     before the next policy's request phase, before a policy's answer is sent, and
-                    otherwise just before the provider is called (once the upstream client has built the
-                    request): the gateway's own work overlaps the round trip. Its refusal is the
+                    otherwise just before the provider is called (once the upstream client has
+                    built the request): the gateway's own work overlaps the round trip. Its refusal is the
                     request's answer. A gate never passed (the request failed first) is the
                     policy's to clean up in its log phase.
 - ``chunk(ex, c)``  each chunk of a streamed answer, in the internal OpenAI chunk form, before
@@ -83,6 +83,7 @@ class Exchange:
 
 class Policy:
     name = "policy"
+
     def lookahead(self, ex: Exchange) -> None:
         return None
 

@@ -28,8 +28,10 @@ class Server:
         self.most_open = 0
 
     async def __aenter__(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=getattr(self, "tls", None))
-        self.url = f"{'https' if getattr(self, 'tls', None) else 'http'}://localhost:{self.server.sockets[0].getsockname()[1]}"
+        tls = getattr(self, "tls", None)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://localhost:{port}"
         return self
 
     async def __aexit__(self, *exc):

@@ -115,10 +115,11 @@ class Slice:
     reported: the use since is not in Redis yet), acked (total Redis last answered to), outside
     (Redis' total without this slice, then), used (Redis' settled amount, then), valid (until when
     Redis surely still holds it: its hold expires unless reported again), syncing (a report in
-    flight: nothing admitted from it until Redis answers; kept: what it held for it)."""
+    flight: nothing admitted from it until Redis answers; kept: what it held for it), doubt (a report
+    went unanswered: Redis may have granted what it asked, so it is reported again, even quiet)."""
 
     __slots__ = ("key", "limit", "ttl", "granted", "held", "total", "since", "acked", "outside", "used",
-                 "requests", "units", "want", "unit", "seen", "valid", "syncing", "kept")
+                 "requests", "units", "want", "unit", "seen", "valid", "syncing", "kept", "doubt")
 
     def __init__(self, key: str, limit: int, ttl: int, total: int = 0):
         self.key, self.limit, self.ttl = key, limit, ttl
@@ -128,7 +129,7 @@ class Slice:
         self.want = self.unit = 0  # the slice's size to ask for; a request's amount, lately
         self.seen = time.monotonic()
         self.valid = 0.0
-        self.syncing = False
+        self.syncing = self.doubt = False
 
     def free(self) -> int:
         return self.granted - self.held - (self.total - self.since)
@@ -250,7 +251,7 @@ class Slices:
             if s.requests:
                 s.unit = s.units // s.requests
                 s.seen = now
-            if not s.want and not s.granted and not s.held and s.total == s.acked:
+            if not s.want and not s.granted and not s.held and s.total == s.acked and not s.doubt:
                 if s.requests == 0 and now - s.seen > SYNC_S * 4:
                     del self.table[key]
                     self.dormant[key] = (s.total, now + s.ttl if s.ttl > 0 else float("inf"))
@@ -271,14 +272,15 @@ class Slices:
     def answered(chosen: list[Slice], reported: list[int], answer: list[int], valid: float):
         for s, total, hold, cur, used in zip(chosen, reported, answer[0::3], answer[1::3], answer[2::3]):
             s.granted, s.acked, s.outside, s.used = hold, total, cur - hold, used
-            s.valid, s.syncing = valid, False
+            s.valid, s.syncing, s.doubt = valid, False, False
 
     @staticmethod
     def unanswered(chosen: list[Slice]):
         """Redis' state unknown: the slice is what Redis holds for it either way (its requests in
-        flight when reported) until a report is answered."""
+        flight when reported) until a report is answered; one is sent again, even with nothing to
+        say (the script may have run, granting a slice that a stopping process must give back)."""
         for s in chosen:
-            s.granted, s.syncing = s.kept, False
+            s.granted, s.syncing, s.doubt = s.kept, False, True
 
     async def run(self, pipe_of, life_of):
         """Reports every SYNC_S while any slice holds something or is wanted."""
@@ -319,7 +321,8 @@ class Slices:
         slices that hold nothing more dropped, with the slices."""
         async with self.lock:
             await self._report(pipe_of, life_of, last=True)
-            done = [k for k, s in self.table.items() if not s.held and not s.syncing and s.acked == s.total]
+            done = [k for k, s in self.table.items()
+                    if not s.held and not s.syncing and not s.doubt and s.acked == s.total]
             for key in done:
                 del self.table[key]
             self.dormant.clear()

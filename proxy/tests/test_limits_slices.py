@@ -509,3 +509,50 @@ def test_a_request_cancelled_while_it_asks_again_after_a_refusal_gives_back_what
         await until(lambda: held(client, spend) == 0)  # A gave its slice back; the victim gave back its own
     asyncio.run(main())
     assert held(client, spend) == 0
+
+
+def test_a_report_redis_ran_but_did_not_answer_before_the_drain_is_given_back(client, monkeypatch):
+    """The process stops while a report is out: Redis ran it (granting a slice) but its answer has
+    not come when drain() cancels the reporting task. The slice's state is then unknown, so the last
+    report must still be sent, even though nothing was used since the last answer; else the grant
+    stays held until it expires (a budget's share gone for minutes after every deploy)."""
+    spend, = named(client)
+    budget = lambda: [Counter(spend, 10**12, 1, 1000, 0, 0)]  # noqa: E731
+    real = store.loop_pipe
+    hung = {}
+
+    class Unanswered:
+        """A pipe whose next slice report reaches Redis and whose answer never comes back."""
+        def __init__(self, pipe):
+            self.pipe = pipe
+
+        def __getattr__(self, name):
+            return getattr(self.pipe, name)
+
+        async def script(self, script, *args, **kwargs):
+            answer = await self.pipe.script(script, *args, **kwargs)
+            if script is slices._SLICE and "armed" in hung and "ran" not in hung:
+                hung["ran"] = answer
+                await asyncio.sleep(3600)
+            return answer
+
+    monkeypatch.setattr(store, "loop_pipe", lambda url: Unanswered(real(url)))
+
+    async def main():
+        backend = RedisCounters(REDIS)
+
+        async def one():
+            hold_id = uuid.uuid4().hex
+            await admit(backend, budget(), hold_id)
+            store.settle_soon(backend, [(spend, 1000, 700, 0)], hold_id, 1)
+        for _ in range(4):
+            await asyncio.gather(*(one() for _ in range(50)))
+            await asyncio.sleep(slices.SYNC_S)
+        await asyncio.sleep(slices.SYNC_S * 3)  # quiet: every use reported and answered
+        hung["armed"] = True
+        assert await until(lambda: "ran" in hung)
+        assert hung["ran"][0] > 0, "the report in flight asked for and was granted a slice"
+        await backend.slices.drain(backend._pipe, store.hold_life)
+    asyncio.run(main())
+    assert held(client, spend) == 0 and int(client.hget(spend, "used")) == 200 * 700
+    assert not [k for k in client.hkeys(spend) if k.startswith(b"s:")]

@@ -166,6 +166,10 @@ class _Protocol(asyncio.Protocol):
         commands gathered meanwhile go in one write when it is (under load a write and a read
         serve many requests; alone, a call is written at once, as nothing is in flight)."""
         self.soon = None
+        self.write_if_idle()
+
+    def write_if_idle(self):
+        """Written at once unless an earlier write waits for its answers (then gathered for after)."""
         if self.unanswered <= 0:
             self.write()
 
@@ -230,8 +234,7 @@ class Pipe:
         ahead is answered while the caller goes on, not only once it yields to the loop."""
         proto = self.proto
         future = self._send(proto, args)
-        if proto.unanswered <= 0:
-            proto.write()
+        proto.write_if_idle()
         return future
 
     def _send(self, proto: _Protocol, args: tuple, lazy: bool = False, place=None) -> asyncio.Future:
@@ -275,8 +278,7 @@ class Pipe:
         if proto is None:
             return None
         future = self._evalsha(proto, script, keys, args)
-        if proto.unanswered <= 0:
-            proto.write()
+        proto.write_if_idle()
         return future
 
     def _evalsha(self, proto: _Protocol, script: Script, keys: list, args: list, lazy: bool = False):
